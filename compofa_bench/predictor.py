@@ -1,0 +1,342 @@
+"""Accuracy predictors: an MLP over :mod:`compofa_bench.encoding` features.
+
+Two file formats load through :func:`load`:
+
+- OFA's ``acc_predictor.pth``: a bare state_dict of ``Sequential(Linear(128,400), ReLU,
+  Linear(400,400), ReLU, Linear(400,400), ReLU, Linear(400,1))`` over OFA's 128-d encoding.
+- The project's own files (written by :meth:`AccuracyPredictor.save` and
+  ``compofa-bench predictor train``): one ``torch.save`` dict holding the format tag, the
+  encoder config, the hidden sizes, the weights, and the validation figures of training.
+
+Prediction is batched: archs are encoded with numpy and run through one forward pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compofa_bench import spaces
+from compofa_bench.encoding import ArchArrays, Encoder
+from compofa_bench.errors import ArchError, PredictorError, SpaceError
+from compofa_bench.spaces import Arch
+
+FORMAT = "compofa-bench-predictor"
+FORMAT_VERSION = 1
+OFA_HIDDEN = (400, 400, 400)
+ACC_CSV_HEADER = ("space", "key", "resolution", "top1", "arch")
+
+
+def build_mlp(in_dim: int, hidden: Sequence[int] = OFA_HIDDEN) -> nn.Sequential:
+    """OFA's predictor shape: Linear+ReLU per hidden layer, then a linear head. Module indices
+    match OFA's state_dict keys (0, 2, 4, 6)."""
+    layers: list[nn.Module] = []
+    prev = in_dim
+    for h in hidden:
+        layers += [nn.Linear(prev, h), nn.ReLU()]
+        prev = h
+    layers.append(nn.Linear(prev, 1))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class AccuracyPredictor:
+    """Predicts top-1 accuracy (a fraction) of archs."""
+
+    encoder: Encoder
+    model: nn.Sequential
+    hidden: tuple[int, ...] = OFA_HIDDEN
+    source: str = "project"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+
+    @property
+    def label(self) -> str:
+        """What users see as the accuracy source."""
+        return f"predictor:{self.source}"
+
+    @torch.no_grad()
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        return self.model(x).squeeze(1).double().numpy()
+
+    def predict(self, archs: Sequence[Arch] | ArchArrays) -> np.ndarray:
+        """(n,) predicted top-1 fractions, one forward pass for the whole batch."""
+        return self.predict_features(self.encoder.encode(archs))
+
+    def predict_arrays(
+        self, ks: np.ndarray, e: np.ndarray, d: np.ndarray, r: np.ndarray
+    ) -> np.ndarray:
+        return self.predict_features(self.encoder.encode_arrays(ks, e, d, r))
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | Path) -> Path:
+        """Atomic write of the project's format (encoder, weights, validation figures)."""
+        path = Path(path)
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "encoder": self.encoder.to_dict(),
+            "hidden": list(self.hidden),
+            "source": self.source,
+            "info": json.dumps(self.info),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def load(path: str | Path) -> AccuracyPredictor:
+    """Load the project's predictor file or OFA's ``acc_predictor.pth``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictorError(f"predictor file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise PredictorError(f"cannot read predictor file {path}: {exc}") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return _load_project(obj, path)
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _load_ofa(obj, path)
+    raise PredictorError(
+        f"{path} is neither a compofa-bench predictor nor OFA's acc_predictor.pth state_dict"
+    )
+
+
+def _load_ofa(state: dict[str, torch.Tensor], path: Path) -> AccuracyPredictor:
+    encoder = Encoder.ofa()
+    model = build_mlp(encoder.dim, OFA_HIDDEN)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PredictorError(f"{path} does not fit OFA's 128-400-400-400-1 MLP: {exc}") from None
+    return AccuracyPredictor(encoder, model, OFA_HIDDEN, source=f"ofa ({path.name})")
+
+
+def _load_project(obj: dict[str, Any], path: Path) -> AccuracyPredictor:
+    if obj.get("version") != FORMAT_VERSION:
+        raise PredictorError(
+            f"{path}: predictor format version {obj.get('version')} is not supported "
+            f"(this build reads version {FORMAT_VERSION})"
+        )
+    encoder = Encoder.from_dict(obj["encoder"])
+    hidden = tuple(int(h) for h in obj["hidden"])
+    model = build_mlp(encoder.dim, hidden)
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise PredictorError(f"{path}: weights do not fit the stored encoder: {exc}") from None
+    info = json.loads(obj.get("info") or "{}")
+    return AccuracyPredictor(encoder, model, hidden, str(obj.get("source", "project")), info)
+
+
+# =============================================================================== data
+
+
+@dataclass(frozen=True)
+class AccuracyData:
+    """Rows of an acc.csv: archs of one space with measured top-1 fractions."""
+
+    space: spaces.SearchSpace
+    archs: tuple[Arch, ...]
+    top1: np.ndarray
+
+
+def read_acc_csv(path: str | Path, space: str | None = None) -> AccuracyData:
+    """Parse ``space,key,resolution,top1,arch`` rows (``compofa-bench evaluate`` output)."""
+    path = Path(path)
+    try:
+        fh = path.open(newline="")
+    except FileNotFoundError:
+        raise PredictorError(f"accuracy data {path} does not exist") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ACC_CSV_HEADER if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PredictorError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected header "
+                f"{','.join(ACC_CSV_HEADER)}"
+            )
+        rows = list(reader)
+    if not rows:
+        raise PredictorError(f"{path} has no data rows")
+    names = {r["space"] for r in rows}
+    if space is None:
+        if len(names) > 1:
+            raise PredictorError(f"{path} mixes spaces {sorted(names)}; pick one with --space")
+        space = names.pop()
+    else:
+        rows = [r for r in rows if r["space"] == space]
+        if not rows:
+            raise PredictorError(f"{path} has no rows for space {space!r}")
+    try:
+        sp = spaces.get(space)
+    except SpaceError as exc:
+        raise PredictorError(f"{path}: {exc}") from None
+    archs: list[Arch] = []
+    top1: list[float] = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            spec = json.loads(row["arch"])
+            arch = Arch.from_ofa(
+                spec, resolution=int(row["resolution"]), stage_sizes=sp.stage_sizes
+            )
+            acc = float(row["top1"])
+        except (json.JSONDecodeError, ValueError, ArchError) as exc:
+            raise PredictorError(f"{path} line {line}: {exc}") from None
+        if not (0.0 <= acc <= 1.0) or math.isnan(acc):
+            raise PredictorError(
+                f"{path} line {line}: top1 {acc} is not a fraction in [0, 1] (is it a percent?)"
+            )
+        archs.append(arch)
+        top1.append(acc)
+    return AccuracyData(sp, tuple(archs), np.asarray(top1, dtype=np.float64))
+
+
+# =============================================================================== training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Adam on MSE with a held-out split and early stopping on held-out RMSE."""
+
+    hidden: tuple[int, ...] = OFA_HIDDEN
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 500
+    patience: int = 30
+    val_fraction: float = 0.2
+    seed: int = 0
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b (ties counted as neither concordant nor discordant)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.size < 2:
+        return float("nan")
+    i, j = np.triu_indices(a.size, k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    n0 = float(i.size)
+    ties_a, ties_b = float(np.sum(da == 0)), float(np.sum(db == 0))
+    denom = math.sqrt((n0 - ties_a) * (n0 - ties_b))
+    return float(np.sum(da * db) / denom) if denom > 0 else float("nan")
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+def train_predictor(
+    data: AccuracyData,
+    config: TrainConfig = TrainConfig(),
+    progress: Any = None,
+) -> AccuracyPredictor:
+    """Train a predictor on ``data``; the held-out figures land in ``predictor.info``.
+
+    ``progress`` is an optional callable ``(epoch, train_rmse, val_rmse)``.
+    """
+    n = len(data.archs)
+    if n < 5:
+        raise PredictorError(f"need at least 5 measured archs to train a predictor, got {n}")
+    if not 0.0 < config.val_fraction < 1.0:
+        raise PredictorError(f"val_fraction must be in (0, 1), got {config.val_fraction}")
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    resolutions = sorted({a.resolution for a in data.archs})
+    encoder = Encoder.for_space(data.space, resolutions)
+    x_all = encoder.encode(data.archs)
+    y_all = data.top1.astype(np.float32)
+    perm = rng.permutation(n)
+    n_val = max(1, round(config.val_fraction * n))
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    x_tr, y_tr = torch.from_numpy(x_all[tr_idx]), torch.from_numpy(y_all[tr_idx])
+    x_val = torch.from_numpy(x_all[val_idx])
+    y_val = y_all[val_idx]
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # nn.Linear init draws from the global generator
+        model = build_mlp(encoder.dim, config.hidden)
+    with torch.no_grad():
+        # Start at the mean so early epochs fit structure, not the offset.
+        model[-1].bias.fill_(float(y_tr.mean()))
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    best_val, best_epoch, since_best = math.inf, 0, 0
+    started = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(tr_idx), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            b = order[start : start + config.batch_size]
+            pred = model(x_tr[b]).squeeze(1)
+            loss = torch.mean((pred - y_tr[b]) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        model.eval()
+        with torch.no_grad():
+            val_pred = model(x_val).squeeze(1).numpy()
+        val_rmse = rmse(val_pred, y_val)
+        if progress is not None:
+            progress(epoch, math.sqrt(total / len(order)), val_rmse)
+        if val_rmse < best_val - 1e-7:
+            best_val, best_epoch, since_best = val_rmse, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+            if since_best >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        val_pred = model(x_val).squeeze(1).double().numpy()
+        tr_pred = model(x_tr).squeeze(1).double().numpy()
+    info = {
+        "space": data.space.name,
+        "n_train": len(tr_idx),
+        "n_val": int(n_val),
+        "val_rmse": rmse(val_pred, y_val),
+        "val_kendall_tau": kendall_tau(val_pred, y_val),
+        "train_rmse": rmse(tr_pred, y_all[tr_idx]),
+        "best_epoch": best_epoch,
+        "epochs_run": epoch,
+        "train_seconds": time.perf_counter() - started,
+        "config": {
+            "hidden": list(config.hidden),
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "max_epochs": config.max_epochs,
+            "patience": config.patience,
+            "val_fraction": config.val_fraction,
+            "seed": config.seed,
+            "weight_decay": config.weight_decay,
+        },
+    }
+    return AccuracyPredictor(encoder, model, tuple(config.hidden), "project", info)
