@@ -1,0 +1,192 @@
+"""Devices: named TOML files that say which adapter runs a measurement and how.
+
+A device file::
+
+    name = "cpu-ort-1t"
+    adapter = "cpu-ort"
+    description = "ONNX Runtime on the CPU, 1 intra-op thread"
+
+    [options]          # adapter-specific, passed to the adapter as a dict
+    threads = 1
+
+    [protocol]         # overrides of compofa_bench.measure.Protocol defaults
+    min_runs = 20
+    batch_size = 1     # a top-level batch_size = N is accepted too
+
+Where names are looked up, first match wins:
+
+1. directories in ``$COMPOFA_BENCH_DEVICES`` (``os.pathsep``-separated);
+2. ``./devices`` in the current working directory;
+3. the devices shipped with the package (``compofa_bench/devices_builtin``, a link to the
+   repository's ``devices/`` directory that wheels and sdists copy as real files).
+
+Anything ending in ``.toml`` or containing a path separator is read as a path instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compofa_bench.errors import DeviceError, MeasurementError
+from compofa_bench.measure import Protocol
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+if TYPE_CHECKING:
+    from compofa_bench.adapters.base import Adapter
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_TOP_KEYS = {"name", "adapter", "description", "options", "protocol", "batch_size"}
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    adapter: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    protocol: Protocol = field(default_factory=Protocol)
+    path: Path | None = None
+    description: str = ""
+
+    def with_protocol(self, protocol: Protocol) -> DeviceSpec:
+        return DeviceSpec(
+            self.name, self.adapter, dict(self.options), protocol, self.path, self.description
+        )
+
+    def with_options(self, **options: Any) -> DeviceSpec:
+        merged = {**self.options, **options}
+        return DeviceSpec(
+            self.name, self.adapter, merged, self.protocol, self.path, self.description
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "adapter": self.adapter,
+            "description": self.description,
+            "options": dict(self.options),
+            "protocol": self.protocol.to_dict(),
+            "path": str(self.path) if self.path else None,
+        }
+
+
+def search_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("COMPOFA_BENCH_DEVICES", "").split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "devices")
+    dirs.append(_PACKAGE_DIR / "devices_builtin")
+    # An editable install whose link did not survive (e.g. a checkout without symlinks).
+    dirs.append(_PACKAGE_DIR.parent / "devices")
+    seen: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and all(not _same(d, s) for s in seen):
+            seen.append(d)
+    return seen
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def list_devices() -> list[DeviceSpec]:
+    """Every device found in the search directories (first one wins for a name); files that do
+    not parse are skipped here and reported by ``load_device``."""
+    found: dict[str, DeviceSpec] = {}
+    for d in search_dirs():
+        for path in sorted(d.glob("*.toml")):
+            try:
+                spec = load_device_file(path)
+            except DeviceError:
+                continue
+            found.setdefault(spec.name, spec)
+    return sorted(found.values(), key=lambda s: s.name)
+
+
+def load_device(name_or_path: str | Path) -> DeviceSpec:
+    text = str(name_or_path)
+    if text.endswith(".toml") or os.sep in text or (os.altsep and os.altsep in text):
+        return load_device_file(Path(text))
+    for d in search_dirs():
+        for path in sorted(d.glob("*.toml")):
+            if path.stem == text:
+                spec = load_device_file(path)
+                if spec.name == text:
+                    return spec
+    for spec in list_devices():
+        if spec.name == text:
+            return spec
+    known = ", ".join(s.name for s in list_devices()) or "none"
+    raise DeviceError(f"unknown device {text!r}; known devices: {known} (or give a .toml path)")
+
+
+def load_device_file(path: Path) -> DeviceSpec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeviceError(f"device file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeviceError(f"cannot read device file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DeviceError(f"device file {path} is not valid TOML: {exc}") from None
+    return parse_device(raw, path)
+
+
+def parse_device(raw: Mapping[str, Any], path: Path | None = None) -> DeviceSpec:
+    where = f"device file {path}" if path else "device"
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise DeviceError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+        )
+    name = raw.get("name", path.stem if path else None)
+    if not isinstance(name, str) or not name:
+        raise DeviceError(f"{where}: 'name' must be a non-empty string")
+    adapter = raw.get("adapter")
+    if not isinstance(adapter, str):
+        raise DeviceError(f"{where}: 'adapter' is required (one of {', '.join(_adapter_kinds())})")
+    if adapter not in _adapter_kinds():
+        raise DeviceError(
+            f"{where}: unknown adapter {adapter!r}; known: {', '.join(_adapter_kinds())}"
+        )
+    options = raw.get("options", {})
+    proto_raw = dict(raw.get("protocol", {}))
+    if not isinstance(options, Mapping) or not isinstance(raw.get("protocol", {}), Mapping):
+        raise DeviceError(f"{where}: [options] and [protocol] must be tables")
+    if "batch_size" in raw:
+        proto_raw.setdefault("batch_size", raw["batch_size"])
+    try:
+        protocol = Protocol.from_dict(proto_raw)
+    except MeasurementError as exc:
+        raise DeviceError(f"{where}: {exc}") from None
+    description = raw.get("description", "")
+    return DeviceSpec(name, adapter, dict(options), protocol, path, str(description))
+
+
+def _adapter_kinds() -> list[str]:
+    from compofa_bench.adapters import ADAPTERS
+
+    return sorted(ADAPTERS)
+
+
+def open_adapter(spec: DeviceSpec) -> Adapter:
+    """Import the adapter class lazily (heavy runtimes load only when used) and build it."""
+    from compofa_bench.adapters import ADAPTERS
+
+    target = ADAPTERS.get(spec.adapter)
+    if target is None:
+        raise DeviceError(f"unknown adapter {spec.adapter!r}; known: {', '.join(sorted(ADAPTERS))}")
+    module_name, _, cls_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    return cls(spec)

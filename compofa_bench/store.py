@@ -1,0 +1,438 @@
+"""The results store: one SQLite file, one row per measurement.
+
+Safe for several profiling processes (and threads) writing at once: WAL journal, a busy
+timeout, and one short ``BEGIN IMMEDIATE`` transaction per measurement, so a Ctrl-C or a kill
+loses at most the measurement in flight and never leaves a half-written row.
+
+The schema is versioned with ``PRAGMA user_version``; a file written by a newer compofa-bench
+is refused rather than misread.
+
+Identity of a measurement (what resume skips and memoization looks up):
+``(fingerprint_hash, protocol_hash, kind, cache_key)``. ``cache_key`` already holds everything
+that changes the graph (arch key with resolution, width, classes, batch); ``workload_key`` is
+the human key (``Arch.key()`` or a layer key) used for look-ups by arch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from compofa_bench.errors import MissingDependencyError, StoreError
+from compofa_bench.measure import Stats
+
+SCHEMA_VERSION = 1
+
+STAT_COLUMNS = tuple(
+    f.name for f in dataclasses.fields(Stats) if f.name not in ("unstable", "source", "count")
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT,
+    device TEXT NOT NULL,
+    adapter TEXT NOT NULL,
+    fingerprint_hash TEXT NOT NULL,
+    fingerprint_json TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    protocol_json TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    workload_key TEXT NOT NULL,
+    cache_key TEXT NOT NULL,
+    space TEXT,
+    arch_json TEXT,
+    resolution INTEGER,
+    batch_size INTEGER NOT NULL,
+    width_mult REAL,
+    {", ".join(f"{c} REAL" for c in STAT_COLUMNS)},
+    count INTEGER,
+    unstable INTEGER,
+    stats_source TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    samples_json TEXT,
+    warmup_json TEXT,
+    summary_json TEXT,
+    raw_output TEXT,
+    prepare_json TEXT,
+    meta_json TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_identity
+    ON measurements (fingerprint_hash, protocol_hash, kind, cache_key, status);
+CREATE INDEX IF NOT EXISTS ix_lookup
+    ON measurements (workload_key, fingerprint_hash, batch_size, status);
+"""
+
+#: Columns ``rows()`` and the exports return (the bulky JSON columns are opt-in).
+SUMMARY_COLUMNS = (
+    "id", "finished_at", "status", "error", "device", "adapter", "fingerprint_hash",
+    "protocol_hash", "kind", "workload_key", "space", "resolution", "batch_size", "width_mult",
+    "median_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "iqr_ms",
+    "cv", "ci95_low_ms", "ci95_high_ms", "count", "unstable", "attempts", "arch_json",
+)  # fmt: skip
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Measurement:
+    """One row to write. ``stats`` is None for a failed measurement."""
+
+    device: str
+    adapter: str
+    fingerprint: Mapping[str, Any]
+    protocol: Mapping[str, Any]
+    protocol_hash: str
+    kind: str
+    workload_key: str
+    cache_key: str
+    batch_size: int
+    status: str = "ok"
+    error: str | None = None
+    stats: Stats | None = None
+    samples_ms: Sequence[float] = ()
+    warmup_ms: Sequence[float] = ()
+    summary_ms: Mapping[str, float] = field(default_factory=dict)
+    raw_output: str | None = None
+    space: str | None = None
+    arch: Mapping[str, Any] | None = None
+    resolution: int | None = None
+    width_mult: float | None = None
+    attempts: int = 1
+    prepare_s: Mapping[str, float] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    started_at: str = field(default_factory=utc_now)
+    finished_at: str = field(default_factory=utc_now)
+
+    @property
+    def fingerprint_hash(self) -> str:
+        return str(self.fingerprint["stable_hash"])
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def _finite(x: float) -> float | None:
+    # NaN is stored as NULL so that SQL aggregates and CSV readers see "unknown", not garbage
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+class ResultStore:
+    """A results file. Thread-safe: one connection guarded by a lock; several processes may
+    open the same file at once."""
+
+    def __init__(self, path: str | Path, readonly: bool = False, timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        if readonly and not self.path.exists():
+            raise StoreError(f"results store {self.path} does not exist")
+        if not readonly:
+            parent = self.path.parent
+            if not parent.is_dir():
+                raise StoreError(
+                    f"cannot create results store {self.path}: {parent} is not a directory"
+                )
+            if self.path.exists() and not os.access(self.path, os.W_OK):
+                raise StoreError(f"results store {self.path} is not writable")
+            if not self.path.exists() and not os.access(parent, os.W_OK):
+                raise StoreError(
+                    f"cannot create results store {self.path}: {parent} is not writable"
+                )
+        try:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(
+                    self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open results store {self.path}: {exc}") from None
+        self._conn = conn
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{self.path} is not a compofa-bench results store: {exc}") from None
+        except StoreError:
+            conn.close()
+            raise
+
+    # ----------------------------------------------------------------- lifecycle
+    def _init_schema(self) -> None:
+        conn = self._conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results store {self.path} was created by a newer compofa-bench (schema "
+                f"{version}; this version reads up to {SCHEMA_VERSION}): upgrade compofa-bench"
+            )
+        if self.readonly:
+            if version == 0:
+                raise StoreError(f"{self.path} is not a compofa-bench results store (no schema)")
+            return
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0:
+            tables = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            ).fetchall()
+            if tables and "measurements" not in {t[0] for t in tables}:
+                raise StoreError(f"{self.path} is an SQLite file but not a results store")
+        # Two processes may race to create the schema; BEGIN IMMEDIATE serializes them and
+        # IF NOT EXISTS makes the loser's attempt a no-op.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- writing
+    def add(self, m: Measurement) -> int:
+        """Write one measurement in its own transaction; returns its row id."""
+        if self.readonly:
+            raise StoreError(f"results store {self.path} is open read-only")
+        if m.status not in ("ok", "failed"):
+            raise StoreError(f"status must be 'ok' or 'failed', not {m.status!r}")
+        if m.status == "ok" and m.stats is None:
+            raise StoreError("an ok measurement needs stats")
+        s = m.stats
+        row: dict[str, Any] = {
+            "started_at": m.started_at,
+            "finished_at": m.finished_at,
+            "status": m.status,
+            "error": m.error,
+            "device": m.device,
+            "adapter": m.adapter,
+            "fingerprint_hash": m.fingerprint_hash,
+            "fingerprint_json": _dumps(m.fingerprint),
+            "protocol_hash": m.protocol_hash,
+            "protocol_json": _dumps(m.protocol),
+            "kind": m.kind,
+            "workload_key": m.workload_key,
+            "cache_key": m.cache_key,
+            "space": m.space,
+            "arch_json": _dumps(m.arch) if m.arch is not None else None,
+            "resolution": m.resolution,
+            "batch_size": m.batch_size,
+            "width_mult": m.width_mult,
+            "count": s.count if s else None,
+            "unstable": int(s.unstable) if s else None,
+            "stats_source": s.source if s else None,
+            "attempts": m.attempts,
+            "samples_json": _dumps([round(x, 6) for x in m.samples_ms]),
+            "warmup_json": _dumps([round(x, 6) for x in m.warmup_ms]),
+            "summary_json": _dumps(dict(m.summary_ms)) if m.summary_ms else None,
+            "raw_output": m.raw_output,
+            "prepare_json": _dumps(dict(m.prepare_s)),
+            "meta_json": _dumps(dict(m.meta)) if m.meta else None,
+        }
+        for c in STAT_COLUMNS:
+            row[c] = _finite(getattr(s, c)) if s else None
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                cur = self._conn.execute(
+                    f"INSERT INTO measurements ({cols}) VALUES ({marks})", tuple(row.values())
+                )
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to results store {self.path}: {exc}") from None
+                raise
+            return int(cur.lastrowid or 0)
+
+    # ----------------------------------------------------------------- resume / memoization
+    def done_keys(
+        self, fingerprint_hash: str, protocol_hash: str, kind: str, include_failed: bool = False
+    ) -> set[str]:
+        """``cache_key``s already measured with this fingerprint and protocol."""
+        statuses = ("ok", "failed") if include_failed else ("ok",)
+        q = (
+            "SELECT DISTINCT cache_key FROM measurements WHERE fingerprint_hash = ? AND "
+            f"protocol_hash = ? AND kind = ? AND status IN ({','.join('?' * len(statuses))})"
+        )
+        return {r[0] for r in self._query(q, (fingerprint_hash, protocol_hash, kind, *statuses))}
+
+    def lookup(
+        self,
+        workload_key: str,
+        *,
+        fingerprint_hash: str | None = None,
+        device: str | None = None,
+        batch_size: int = 1,
+        width_mult: float | None = None,
+        kind: str = "network",
+        protocol_hash: str | None = None,
+    ) -> dict[str, Any] | None:
+        """The latest ok measurement of ``workload_key`` (an ``Arch.key()``, so resolution
+        included) matching the filters, as a row dict; ``None`` if there is none.
+        Example: ``store.lookup(arch.key(), fingerprint_hash=fp, width_mult=1.0)["median_ms"]``."""
+        where, params = self._filters(
+            fingerprint_hash=fingerprint_hash, device=device, batch_size=batch_size,
+            width_mult=width_mult, kind=kind, protocol_hash=protocol_hash,
+        )  # fmt: skip
+        q = (
+            f"SELECT * FROM measurements WHERE workload_key = ? AND status = 'ok'{where} "
+            "ORDER BY id DESC LIMIT 1"
+        )
+        rows = self._query(q, (workload_key, *params))
+        return dict(rows[0]) if rows else None
+
+    def lookup_many(self, workload_keys: Iterable[str], **filters: Any) -> dict[str, float]:
+        """``{workload_key: median_ms}`` of the latest ok measurement of each key found."""
+        keys = list(dict.fromkeys(workload_keys))
+        where, params = self._filters(**{"kind": "network", "batch_size": 1, **filters})
+        out: dict[str, float] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = (
+                "SELECT workload_key, median_ms FROM measurements WHERE status = 'ok' AND "
+                f"workload_key IN ({','.join('?' * len(chunk))}){where} ORDER BY id"
+            )
+            for r in self._query(q, (*chunk, *params)):
+                out[r[0]] = r[1]  # ascending ids: the latest wins
+        return out
+
+    @staticmethod
+    def _filters(**filters: Any) -> tuple[str, list[Any]]:
+        where, params = "", []
+        for col, val in filters.items():
+            if val is None:
+                continue
+            if col not in {"fingerprint_hash", "device", "batch_size", "width_mult", "kind",
+                           "protocol_hash", "space", "status", "resolution", "adapter"}:  # fmt: skip
+                raise StoreError(f"unknown filter {col!r}")
+            if col == "width_mult":
+                where += " AND abs(width_mult - ?) < 1e-9"
+            else:
+                where += f" AND {col} = ?"
+            params.append(val)
+        return where, params
+
+    # ----------------------------------------------------------------- reading
+    def rows(
+        self,
+        columns: Sequence[str] = SUMMARY_COLUMNS,
+        limit: int | None = None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Measurements as dicts, oldest first, filtered by column equality."""
+        valid = {r[1] for r in self._query("PRAGMA table_info(measurements)", ())}
+        bad = [c for c in columns if c not in valid]
+        if bad:
+            raise StoreError(f"unknown column(s) {', '.join(bad)}")
+        where, params = self._filters(**filters)
+        q = f"SELECT {', '.join(columns)} FROM measurements WHERE 1=1{where} ORDER BY id"
+        if limit is not None:
+            q += f" LIMIT {int(limit)}"
+        return [dict(r) for r in self._query(q, tuple(params))]
+
+    def iter_samples(self, **filters: Any) -> Iterator[tuple[str, list[float]]]:
+        for r in self.rows(("workload_key", "samples_json"), **filters):
+            yield r["workload_key"], json.loads(r["samples_json"] or "[]")
+
+    def count(self, **filters: Any) -> int:
+        where, params = self._filters(**filters)
+        return int(self._query(f"SELECT count(*) FROM measurements WHERE 1=1{where}", params)[0][0])
+
+    def devices(self) -> list[dict[str, Any]]:
+        """One row per (device, fingerprint): how many ok/failed measurements it has."""
+        q = (
+            "SELECT device, adapter, fingerprint_hash, "
+            "sum(status = 'ok') AS ok, sum(status = 'failed') AS failed, "
+            "max(finished_at) AS last FROM measurements "
+            "GROUP BY device, adapter, fingerprint_hash ORDER BY device"
+        )
+        return [dict(r) for r in self._query(q, ())]
+
+    def to_dataframe(self, columns: Sequence[str] = SUMMARY_COLUMNS, **filters: Any) -> Any:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise MissingDependencyError("pandas", "pandas", "ResultStore.to_dataframe") from None
+        return pd.DataFrame(self.rows(columns, **filters), columns=list(columns))
+
+    def export(
+        self,
+        out: str | Path | None,
+        fmt: str = "csv",
+        columns: Sequence[str] = SUMMARY_COLUMNS,
+        **filters: Any,
+    ) -> str | None:
+        """Write rows as CSV or JSON to ``out`` atomically, or return the text when ``out`` is
+        None."""
+        rows = self.rows(columns, **filters)
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+            text = buf.getvalue()
+        elif fmt == "json":
+            text = json.dumps(rows, indent=1) + "\n"
+        else:
+            raise StoreError(f"unknown export format {fmt!r}; use csv or json")
+        if out is None:
+            return text
+        atomic_write_text(Path(out), text)
+        return None
+
+    def _query(self, q: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._conn.execute(q, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read results store {self.path}: {exc}") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {exc}") from None
