@@ -17,6 +17,7 @@ from compofa_bench.errors import CompofaError
 #: Command-group modules under compofa_bench.cli, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "space",
+    "lut",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,347 @@
+"""``lut build|predict|validate|show|import-ofa|export-ofa``: latency lookup tables."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from compofa_bench import spaces
+from compofa_bench.cli.common import console, help_formatter, print_json, read_json
+from compofa_bench.errors import LutError
+
+DESCRIPTION = """\
+Latency lookup tables: measure every distinct layer a space needs once on a device, then
+predict the latency of any subnet as the sum of its layers (optionally calibrated).
+
+Examples:
+  compofa-bench lut build --device cpu-ort --space compofa --resolutions 160,176,192,224 \\
+      --out lookup_tables/cpu-ort-compofa.json --store results.db
+  compofa-bench lut predict --lut lookup_tables/cpu-ort-compofa.json arch.json --json
+  compofa-bench lut validate --lut lookup_tables/cpu-ort-compofa.json --device cpu-ort \\
+      --sample 100 --calibrate 40 --store results.db --plot benchmarks/lut_scatter.png
+  compofa-bench lut import-ofa latency_table@note10/ --width-mult 1.2 --out note10.json
+  compofa-bench lut export-ofa note10.json --out note10_yaml/
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p_lut = sub.add_parser(
+        "lut",
+        help="build, use and check latency lookup tables",
+        description=DESCRIPTION,
+        formatter_class=help_formatter(),
+    )
+    lut_sub = p_lut.add_subparsers(dest="lut_command", metavar="ACTION", required=True)
+
+    p = lut_sub.add_parser(
+        "build",
+        help="measure every layer a space needs on a device",
+        formatter_class=help_formatter(),
+        description="Enumerate the distinct layers of SPACE at the given resolutions (directly "
+        "from per-slot choices, so the 10^19-arch OFA space costs a few hundred layers), and "
+        "measure each as a single-layer model through the device's adapter and protocol, "
+        "exactly as `profile` measures networks. Store-backed and resumable: rerun the same "
+        "command after Ctrl-C.\n\n"
+        "Example:\n  compofa-bench lut build --device cpu-ort --space compofa "
+        "--resolutions 160,176,192,224 --out lookup_tables/mine.json --store results.db",
+    )
+    p.add_argument("--device", required=True, help="device name or TOML path")
+    p.add_argument("--space", default="compofa", help="space whose layers to measure")
+    p.add_argument(
+        "--resolutions",
+        type=spaces.parse_resolutions,
+        default=None,
+        help="e.g. 160,176,192,224 or 160-224:4 (default: the space's)",
+    )
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--n-classes", type=int, default=1000)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="batch size (default: the device protocol's)"
+    )
+    p.add_argument("--out", required=True, help="table JSON to write")
+    p.add_argument("--store", default="results.db", help="results store (default results.db)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_build)
+
+    p = lut_sub.add_parser(
+        "predict",
+        help="predict the latency of an arch from a table",
+        formatter_class=help_formatter(),
+        description='ARCH.json holds OFA\'s dict form {"ks": [...], "e": [...], "d": [...], '
+        '"r": [224]}, or a list of them. Prints the latency and the per-layer breakdown.\n\n'
+        "Example:\n  compofa-bench lut predict --lut lookup_tables/mine.json arch.json --json",
+    )
+    p.add_argument("arch_file", metavar="ARCH.json")
+    p.add_argument("--lut", required=True, help="table JSON")
+    p.add_argument(
+        "--width-mult",
+        type=float,
+        default=None,
+        help="width of the networks (default: the table's)",
+    )
+    p.add_argument(
+        "--allow-width-mismatch",
+        action="store_true",
+        help="predict with the table's widths even if the networks' width differs",
+    )
+    p.add_argument("--resolution", type=int, default=None, help="resolution if the file has none")
+    p.add_argument("--uncalibrated", action="store_true", help="ignore the table's calibration")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = lut_sub.add_parser(
+        "validate",
+        help="compare table predictions with end-to-end measurements",
+        formatter_class=help_formatter(),
+        description="Measure N random archs of SPACE end to end on DEVICE (through `profile`, "
+        "so measurements in the store are reused) and report RMSE, RMSPE, share within ±5%% "
+        "and ±10%%, Spearman and Kendall rank correlation. With --calibrate M, M further "
+        "archs (a separate set) fit overhead and scale; the calibration and its figures on "
+        "the N validation archs are stored in the table.\n\n"
+        "Example:\n  compofa-bench lut validate --lut lookup_tables/mine.json --device cpu-ort "
+        "--sample 100 --calibrate 40 --plot benchmarks/lut_scatter.png",
+    )
+    p.add_argument("--lut", required=True, help="table JSON")
+    p.add_argument("--device", required=True, help="device name or TOML path")
+    p.add_argument("--space", default="compofa", help="space to sample from")
+    p.add_argument("--sample", type=int, default=50, help="number of validation archs")
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        metavar="M",
+        help="fit a calibration on M other archs and store it in the table",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", default="results.db")
+    p.add_argument("--plot", default=None, help="write a predicted-vs-measured scatter PNG")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_validate)
+
+    p = lut_sub.add_parser("show", help="summarize a table (provenance, coverage)")
+    p.add_argument("lut", help="table JSON")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = lut_sub.add_parser(
+        "import-ofa",
+        help="read OFA's <R>_lookup_table.yaml files into one table",
+        formatter_class=help_formatter(),
+        description="OFA/CompOFA tables carry no width: give it (the Note10 tables are for the "
+        "w1.2 supernet).\n\nExample:\n  compofa-bench lut import-ofa latency_table@note10/ "
+        "--width-mult 1.2 --out note10.json",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--width-mult", type=float, required=True)
+    p.add_argument("--base", default="mbv3")
+    p.add_argument("--n-classes", type=int, default=1000)
+    p.add_argument("--device-name", default=None, help="record the device name in provenance")
+    p.add_argument("--out", required=True, help="table JSON to write")
+    p.set_defaults(func=cmd_import)
+
+    p = lut_sub.add_parser(
+        "export-ofa",
+        help="write a table as OFA's per-resolution yaml files",
+        formatter_class=help_formatter(),
+        description="Writes DIR/<R>_lookup_table.yaml with count/mean/std, readable by OFA's "
+        "LatencyEstimator (which sums means).\n\nExample:\n  compofa-bench lut export-ofa "
+        "note10.json --out note10_yaml/",
+    )
+    p.add_argument("lut", help="table JSON")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.set_defaults(func=cmd_export)
+
+
+def _load(path: str):
+    from compofa_bench.lut import LatencyTable
+
+    return LatencyTable.load(path)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from compofa_bench.lut import import_ofa_dir
+
+    prov = {"device": args.device_name} if args.device_name else None
+    table = import_ofa_dir(
+        args.directory, args.width_mult, base=args.base, n_classes=args.n_classes, provenance=prov
+    )
+    table.save(args.out)
+    console().print(
+        f"imported {len(table)} entries at {len(table.resolutions)} resolutions "
+        f"({table.resolutions[0]}..{table.resolutions[-1]}), width {table.width_mult:g} "
+        f"-> {args.out}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from compofa_bench.lut import export_ofa_dir
+
+    paths = export_ofa_dir(_load(args.lut), args.out)
+    console().print(f"wrote {len(paths)} yaml files to {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    table = _load(args.lut)
+    raw = read_json(args.arch_file, "arch file")
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise LutError(f"{args.arch_file} holds an empty list")
+    archs = [spaces.Arch.from_ofa(x, resolution=args.resolution) for x in items]
+    kw = {"width_mult": args.width_mult, "allow_width_mismatch": args.allow_width_mismatch}
+    latency = table.predict_ms(archs, calibrated=not args.uncalibrated, **kw)
+    results = []
+    for arch, ms in zip(archs, latency, strict=True):
+        breakdown = table.predict_breakdown(arch, **kw)
+        results.append(
+            {
+                "key": arch.key(),
+                "latency_ms": float(ms),
+                "uncalibrated_ms": float(sum(v for _, v in breakdown)),
+                "layers": [{"key": k, "latency_ms": v} for k, v in breakdown],
+            }
+        )
+    if args.json:
+        print_json(results[0] if not isinstance(raw, list) else results)
+        return 0
+    out = console()
+    for res in results:
+        if len(results) == 1:
+            table_view = Table(title=f"{res['key']}  ({args.lut})")
+            table_view.add_column("#", justify="right")
+            table_view.add_column("layer")
+            table_view.add_column("ms", justify="right")
+            for i, layer in enumerate(res["layers"]):
+                table_view.add_row(str(i), layer["key"], f"{layer['latency_ms']:.3f}")
+            out.print(table_view)
+        cal = (
+            ""
+            if res["latency_ms"] == res["uncalibrated_ms"]
+            else (f" (calibrated; layer sum {res['uncalibrated_ms']:.3f} ms)")
+        )
+        out.print(f"{res['key']}: [bold]{res['latency_ms']:.3f} ms[/bold]{cal}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    table = _load(args.lut)
+    info = {
+        "base": table.base,
+        "key_style": table.key_style,
+        "width_mult": table.width_mult,
+        "n_classes": table.n_classes,
+        "statistic": table.statistic,
+        "resolutions": list(table.resolutions),
+        "entries": len(table),
+        "entries_per_resolution": {str(r): len(e) for r, e in table.entries.items()},
+        "provenance": table.provenance,
+        "calibration": None
+        if table.calibration is None
+        else {
+            "overhead_ms": table.calibration.overhead_ms,
+            "scale": table.calibration.scale,
+            "fitted_on": table.calibration.fitted_on,
+            "validation": table.calibration.validation,
+        },
+    }
+    if args.json:
+        print_json(info)
+        return 0
+    out = console()
+    out.print(
+        f"[bold]{args.lut}[/bold]: base {table.base}, width {table.width_mult:g}, "
+        f"{len(table)} entries, statistic {table.statistic}"
+    )
+    out.print(f"resolutions: {list(table.resolutions)}")
+    view = Table(title="provenance")
+    view.add_column("field")
+    view.add_column("value")
+    for k, v in table.provenance.items():
+        view.add_row(
+            str(k),
+            str(v) if not isinstance(v, dict) else ", ".join(f"{a}={b}" for a, b in v.items()),
+        )
+    out.print(view)
+    if table.calibration is not None:
+        c = table.calibration
+        out.print(
+            f"calibration: {c.overhead_ms:.3f} ms + {c.scale:.4f} x sum "
+            f"(fitted on {c.fitted_on} archs)"
+        )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from compofa_bench.lut.build import build_table
+
+    space = spaces.get(args.space, args.resolutions)
+    table, summary = build_table(
+        device=args.device,
+        space=space,
+        width_mult=args.width_mult,
+        n_classes=args.n_classes,
+        batch_size=args.batch_size,
+        store_path=args.store,
+        out=Path(args.out),
+    )
+    if args.json:
+        print_json(summary)
+        return 0
+    out = console()
+    out.print(
+        f"measured {summary['layers']} layers ({summary['measured_now']} new, "
+        f"{summary['reused']} from the store) at {len(table.resolutions)} resolutions "
+        f"in {summary['device_s']:.1f} s of device time -> {args.out}"
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from compofa_bench.lut.validate import validate_table
+
+    report = validate_table(
+        lut_path=Path(args.lut),
+        device=args.device,
+        space_name=args.space,
+        n_sample=args.sample,
+        n_calibrate=args.calibrate,
+        seed=args.seed,
+        store_path=args.store,
+        plot=args.plot,
+    )
+    if args.json:
+        print_json(report)
+        return 0
+    out = console()
+    view = Table(title=f"{args.lut} vs {args.device}: {report['n']} archs")
+    view.add_column("metric")
+    view.add_column("layer sum", justify="right")
+    if "calibrated" in report:
+        view.add_column("calibrated", justify="right")
+    rows = [
+        ("RMSE (ms)", "rmse_ms", "{:.3f}"),
+        ("RMSPE", "rmspe", "{:.2%}"),
+        ("within ±5%", "within_5pct", "{:.1%}"),
+        ("within ±10%", "within_10pct", "{:.1%}"),
+        ("mean error", "mean_pct_error", "{:+.2%}"),
+        ("Spearman", "spearman", "{:.4f}"),
+        ("Kendall", "kendall", "{:.4f}"),
+    ]
+    for label, key, fmt in rows:
+        cells = [fmt.format(report["uncalibrated"][key])]
+        if "calibrated" in report:
+            cells.append(fmt.format(report["calibrated"][key]))
+        view.add_row(label, *cells)
+    out.print(view)
+    if "calibration" in report:
+        c = report["calibration"]
+        out.print(
+            f"calibration fitted on {c['fitted_on']} separate archs: "
+            f"{c['overhead_ms']:.3f} ms + {c['scale']:.4f} x layer sum (stored in table)"
+        )
+    if args.plot:
+        out.print(f"scatter plot: {args.plot}")
+    return 0
