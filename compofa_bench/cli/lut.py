@@ -217,11 +217,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for i, layer in enumerate(res["layers"]):
                 table_view.add_row(str(i), layer["key"], f"{layer['latency_ms']:.3f}")
             out.print(table_view)
-        cal = (
-            ""
-            if res["latency_ms"] == res["uncalibrated_ms"]
-            else (f" (calibrated; layer sum {res['uncalibrated_ms']:.3f} ms)")
-        )
+        calibrated = table.calibration is not None and not args.uncalibrated
+        cal = f" (calibrated; layer sum {res['uncalibrated_ms']:.3f} ms)" if calibrated else ""
         out.print(f"{res['key']}: [bold]{res['latency_ms']:.3f} ms[/bold]{cal}")
     return 0
 
