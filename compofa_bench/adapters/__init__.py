@@ -8,4 +8,6 @@ from __future__ import annotations
 
 ADAPTERS: dict[str, str] = {
     "cpu-ort": "compofa_bench.adapters.ort_cpu:OrtCpuAdapter",
+    "cuda-torch": "compofa_bench.adapters.cuda_torch:CudaTorchAdapter",
+    "tensorrt": "compofa_bench.adapters.tensorrt:TensorRTAdapter",
 }

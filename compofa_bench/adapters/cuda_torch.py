@@ -16,23 +16,21 @@ as the papers measure GPUs).
 from __future__ import annotations
 
 import gc
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compofa_bench.adapters.base import Adapter, Prepared, Timing, Workload
 from compofa_bench.adapters.gpu_options import CudaTorchOptions, parse_cuda_torch_options
-from compofa_bench.adapters.gpu_telemetry import Telemetry, telemetry_extra
+from compofa_bench.adapters.gpu_telemetry import Telemetry
 from compofa_bench.adapters.gpu_timing import (
-    CudaEventRunner,
     TorchFlags,
     cast_for_run,
-    chunked_timed_loop,
     is_oom,
     largest_fitting_batch,
     oom_message,
     require_cuda,
+    time_on_stream,
 )
 from compofa_bench.errors import DeviceError, MeasurementError, MissingDependencyError
 
@@ -41,8 +39,6 @@ if TYPE_CHECKING:
 
     from compofa_bench.devices import DeviceSpec
     from compofa_bench.measure import Protocol
-
-log = logging.getLogger(__name__)
 
 #: Eager forwards run on the capture stream before capturing a CUDA graph, so lazy
 #: initialization (cuDNN autotuning, allocator pools) is not captured.
@@ -140,43 +136,27 @@ class CudaTorchAdapter(Adapter):
 
     def time(self, prepared: Prepared, protocol: Protocol) -> Timing:
         loaded: _Loaded = prepared.handle
-        torch = self._torch
-        before = self.telemetry.snapshot() if self.telemetry is not None else None
-        runner = CudaEventRunner(
-            loaded.step,
-            self.stream,
-            h2d=self._h2d(loaded) if self.options.include_transfers else None,
-            d2h=self._d2h(loaded) if self.options.include_transfers else None,
-        )
-        result = None
+        o = self.options
+        timing = None
         try:
-            with (
-                TorchFlags(self.options.cudnn_benchmark, self.options.tf32),
-                torch.inference_mode(),
-            ):
-                result = chunked_timed_loop(runner, protocol)
+            with TorchFlags(o.cudnn_benchmark, o.tf32), self._torch.inference_mode():
+                timing = time_on_stream(
+                    prepared.workload.name,
+                    loaded.step,
+                    self.stream,
+                    protocol,
+                    self.telemetry,
+                    o.drift,
+                    h2d=self._h2d(loaded) if o.include_transfers else None,
+                    d2h=self._d2h(loaded) if o.include_transfers else None,
+                )
         except Exception as exc:
             if not is_oom(exc):
                 raise
-        if result is None:
-            del runner
+        if timing is None:
             self.release(prepared)
             raise self._oom_error(prepared.workload, prepared.workload.input_shape[0])
-        after = self.telemetry.snapshot() if self.telemetry is not None else None
-        extra: dict[str, Any] = {
-            "timing": "cuda-events",
-            "timed_wall_s": result.timed_s,
-            "warmup_wall_s": result.warmup_s,
-            **telemetry_extra(before, after, self.options.drift),
-        }
-        n = len(result.samples_ms)
-        if self.options.include_transfers:
-            # Copies of warmup runs come first in the runner's lists; keep the timed ones.
-            extra["h2d_ms"] = runner.transfers.h2d_ms[-n:]
-            extra["d2h_ms"] = runner.transfers.d2h_ms[-n:]
-        for w in extra.get("warnings", []):
-            log.warning("%s: %s", prepared.workload.name, w)
-        return Timing(samples_ms=result.samples_ms, warmup_ms=result.warmup_ms, extra=extra)
+        return timing
 
     def release(self, prepared: Prepared) -> None:
         prepared.handle = None

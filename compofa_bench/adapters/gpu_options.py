@@ -65,7 +65,6 @@ class TensorRTOptions:
     workspace_mib: int = 4096
     optimization_level: int = 3
     cache_dir: Path | None = None
-    dynamic_batch: bool = False
     include_transfers: bool = False
     telemetry: str = "auto"
     drift: DriftThresholds = DriftThresholds()
@@ -73,9 +72,12 @@ class TensorRTOptions:
     parity_atol: float | None = None
 
     def effective_cache_dir(self) -> Path:
+        """``cache_dir``, else ``tensorrt/`` in the project cache (``$COMPOFA_BENCH_CACHE``)."""
         if self.cache_dir is not None:
             return self.cache_dir
-        return Path.home() / ".cache" / "compofa-bench" / "tensorrt-engines"
+        from compofa_bench.convert import default_cache_dir
+
+        return default_cache_dir() / "tensorrt"
 
     def effective_parity_atol(self) -> float:
         # fp16 engines drift by ~1e-2 on logits of random-init nets; fp32 (no TF32) stays tight.
@@ -220,7 +222,6 @@ def parse_tensorrt_options(options: Mapping[str, Any], device: str = "tensorrt")
             5,
         ),
         cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
-        dynamic_batch=_bool(device, "dynamic_batch", options.get("dynamic_batch", d.dynamic_batch)),
         include_transfers=_bool(
             device, "include_transfers", options.get("include_transfers", d.include_transfers)
         ),

@@ -307,3 +307,42 @@ class TorchFlags:
         assert self._saved is not None
         b = torch.backends
         b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = self._saved
+
+
+def time_on_stream(
+    name: str,
+    step: Callable[[], Any],
+    stream: torch.cuda.Stream,
+    protocol: Protocol,
+    telemetry: Any,
+    drift: Any,
+    h2d: Callable[[], Any] | None = None,
+    d2h: Callable[[], Any] | None = None,
+) -> Any:
+    """Time ``step`` on ``stream`` under ``protocol`` with CUDA events, with telemetry
+    snapshots around it; returns a :class:`~compofa_bench.adapters.base.Timing`. Shared by
+    the ``cuda-torch`` and ``tensorrt`` adapters so both measure by the same rule."""
+    import logging
+
+    from compofa_bench.adapters.base import Timing
+    from compofa_bench.adapters.gpu_telemetry import telemetry_extra
+
+    before = telemetry.snapshot() if telemetry is not None else None
+    runner = CudaEventRunner(step, stream, h2d=h2d, d2h=d2h)
+    result = chunked_timed_loop(runner, protocol)
+    after = telemetry.snapshot() if telemetry is not None else None
+    extra: dict[str, Any] = {
+        "timing": "cuda-events",
+        "timed_wall_s": result.timed_s,
+        "warmup_wall_s": result.warmup_s,
+        **telemetry_extra(before, after, drift),
+    }
+    n = len(result.samples_ms)
+    if h2d is not None:
+        # Copies of warmup runs come first in the runner's lists; keep the timed ones.
+        extra["h2d_ms"] = runner.transfers.h2d_ms[-n:]
+    if d2h is not None:
+        extra["d2h_ms"] = runner.transfers.d2h_ms[-n:]
+    for w in extra.get("warnings", []):
+        logging.getLogger("compofa_bench.adapters").warning("%s: %s", name, w)
+    return Timing(samples_ms=result.samples_ms, warmup_ms=result.warmup_ms, extra=extra)
