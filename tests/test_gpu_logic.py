@@ -314,12 +314,8 @@ def test_cast_for_run_applies_precision_and_layout(precision: str, channels_last
 
 
 def test_cast_for_run_is_seeded_and_checks_rank() -> None:
-    _, a = cast_for_run(
-        _net(), (1, 3, 4, 4), "fp32", False, "cpu", torch.Generator().manual_seed(3)
-    )
-    _, b = cast_for_run(
-        _net(), (1, 3, 4, 4), "fp32", False, "cpu", torch.Generator().manual_seed(3)
-    )
+    _, a = cast_for_run(_net(), (1, 3, 4, 4), "fp32", False, "cpu", seed=3)
+    _, b = cast_for_run(_net(), (1, 3, 4, 4), "fp32", False, "cpu", seed=3)
     assert torch.equal(a, b)
     with pytest.raises(DeviceError, match="4-d NCHW"):
         cast_for_run(_net(), (1, 3), "fp32", True, "cpu")

@@ -173,10 +173,9 @@ class CudaTorchAdapter(Adapter):
         o = self.options
         prepare_s: dict[str, float] = {}
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(0)
         with TorchFlags(o.cudnn_benchmark, o.tf32), torch.inference_mode():
             model, x = cast_for_run(
-                workload.module, tuple(shape), o.precision, o.channels_last, self.device, gen
+                workload.module, tuple(shape), o.precision, o.channels_last, self.device
             )
             torch.cuda.synchronize(self.device)
             prepare_s["load_s"] = time.perf_counter() - t0

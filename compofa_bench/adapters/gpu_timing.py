@@ -173,11 +173,12 @@ def cast_for_run(
     precision: str,
     channels_last: bool,
     device: torch.device | str,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> tuple[nn.Module, torch.Tensor]:
     """A copy of ``module`` and a random input, both on ``device`` in ``precision`` and
     memory format. The workload's own module is left untouched: callers reuse it (export,
-    parity checks, the next adapter)."""
+    parity checks, the next adapter). The input is drawn on ``device`` itself, so a batch
+    too large for the GPU fails there (out of memory, handled) and not in host memory."""
     import torch
 
     dtype = dtype_for(precision)
@@ -188,8 +189,9 @@ def cast_for_run(
     model = model.to(device=device, dtype=dtype)
     if channels_last:
         model = model.to(memory_format=fmt)
-    x = torch.randn(input_shape, generator=generator, dtype=torch.float32)
-    x = x.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(input_shape, generator=gen, dtype=torch.float32, device=device)
+    x = x.to(dtype=dtype).contiguous(memory_format=fmt)
     return model, x
 
 
