@@ -137,6 +137,8 @@ def convert(
 
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+    # litert-torch prints its own task log, which would tear through our progress bars.
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     lt = _litert_torch()
     shape = _check_shape(input_shape)
     module = module.eval()

@@ -10,4 +10,5 @@ ADAPTERS: dict[str, str] = {
     "cpu-ort": "compofa_bench.adapters.ort_cpu:OrtCpuAdapter",
     "cuda-torch": "compofa_bench.adapters.cuda_torch:CudaTorchAdapter",
     "tensorrt": "compofa_bench.adapters.tensorrt:TensorRTAdapter",
+    "tflite-local": "compofa_bench.adapters.tflite_local:TfliteLocalAdapter",
 }

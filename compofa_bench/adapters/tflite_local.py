@@ -1,0 +1,142 @@
+"""``tflite-local``: the TFLite runtime (``ai-edge-litert``) on the machine running compofa-bench.
+
+Subnets are converted with :mod:`compofa_bench.tflite_convert` (NHWC I/O, float32, cached,
+parity-checked once) and timed with :func:`compofa_bench.measure.timed_loop` around
+``Interpreter.invoke``, so the numbers follow the same protocol as every other device. This is
+the TFLite graph a phone runs, on an x86/ARM host: useful to debug the phone path, and as a
+third CPU runtime next to ``cpu-ort``.
+
+Options (``[options]`` of a device file):
+
+``threads``        interpreter threads (default 1; 0 = one per physical core)
+``xnnpack``        use the XNNPACK delegate, TFLite's default CPU path (default true); false
+                   runs TFLite's builtin kernels
+``parity_check``   compare each fresh conversion with PyTorch (default true)
+``cache_dir``      where converted ``.tflite`` files are kept
+                   (default ``$XDG_CACHE_HOME/compofa-bench/tflite``)
+``precision``      ``float32`` (the only one so far)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import metadata
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compofa_bench.adapters.base import Adapter, Prepared, Timing, Workload
+from compofa_bench.errors import DeviceError, MeasurementError
+from compofa_bench.measure import Protocol, timed_loop
+
+_KNOWN_OPTIONS = {"threads", "xnnpack", "parity_check", "cache_dir", "precision"}
+
+
+def tflite_options(spec: Any, known: set[str], kind: str) -> dict[str, Any]:
+    """Validate the option table shared by the TFLite adapters; unknown keys are errors so a
+    typo never silently measures something else."""
+    opts = dict(spec.options)
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise DeviceError(
+            f"device {spec.name}: unknown {kind} option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return opts
+
+
+def _bool(spec: Any, opts: dict[str, Any], name: str, default: bool) -> bool:
+    value = opts.get(name, default)
+    if not isinstance(value, bool):
+        raise DeviceError(f"device {spec.name}: option {name} must be true or false, got {value!r}")
+    return value
+
+
+def _threads(spec: Any, opts: dict[str, Any], default: int = 1) -> int:
+    threads = opts.get("threads", default)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise DeviceError(f"device {spec.name}: threads must be an integer >= 0, got {threads!r}")
+    if threads == 0:
+        import psutil
+
+        threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return int(threads)
+
+
+class TfliteLocalAdapter(Adapter):
+    kind: ClassVar[str] = "tflite-local"
+    native_timing: ClassVar[bool] = False
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        from compofa_bench import tflite_convert
+
+        opts = tflite_options(spec, _KNOWN_OPTIONS, self.kind)
+        self.threads = _threads(spec, opts)
+        self.xnnpack = _bool(spec, opts, "xnnpack", True)
+        self.parity_check = _bool(spec, opts, "parity_check", True)
+        self.precision = str(opts.get("precision", "float32"))
+        if self.precision not in tflite_convert.PRECISIONS:
+            raise DeviceError(
+                f"device {spec.name}: precision must be one of {', '.join(tflite_convert.PRECISIONS)}"
+            )
+        cache = opts.get("cache_dir")
+        self.cache_dir = os.path.expanduser(str(cache)) if cache else None
+        # Fail at open time, not on the first workload, when the runtime is missing.
+        tflite_convert._interpreter_cls()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": "ai-edge-litert",
+            "version": _version("ai-edge-litert"),
+            "converter": _version("litert-torch"),
+            "threads": self.threads,
+            "xnnpack": self.xnnpack,
+            "precision": self.precision,
+        }
+
+    def prepare(self, workload: Workload) -> Prepared:
+        from compofa_bench import tflite_convert
+
+        info = tflite_convert.convert_cached(
+            workload.module,
+            workload.input_shape,
+            None,
+            self.cache_dir or tflite_convert.default_cache_dir(),
+            cache_key=workload.cache_key,
+            precision=self.precision,
+            parity=self.parity_check,
+        )
+        t0 = time.perf_counter()
+        interp = tflite_convert.load_interpreter(info.path, self.threads, self.xnnpack)
+        session_s = time.perf_counter() - t0
+        prepare_s = {"convert_s": info.convert_s, "session_s": session_s}
+        return Prepared(workload, interp, str(info.path), prepare_s)
+
+    def time(self, prepared: Prepared, protocol: Protocol) -> Timing:
+        interp = prepared.handle
+        shape = tuple(prepared.workload.input_shape)
+        if shape[0] != protocol.batch_size:
+            raise MeasurementError(
+                f"workload batch {shape[0]} differs from the protocol's batch_size "
+                f"{protocol.batch_size}"
+            )
+        inp = interp.get_input_details()[0]
+        x = np.random.default_rng(0).standard_normal(tuple(inp["shape"]), dtype=np.float32)
+        # Set once: invoke() reads the tensor in place, so the timed loop is inference only.
+        interp.set_tensor(inp["index"], x)
+        timing = timed_loop(interp.invoke, protocol)
+        timing.extra["threads"] = self.threads
+        timing.extra["xnnpack"] = self.xnnpack
+        return timing
+
+    def release(self, prepared: Prepared) -> None:
+        prepared.handle = None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
