@@ -1,0 +1,205 @@
+"""``cpu-ort``: ONNX Runtime's CPUExecutionProvider on the machine running compofa-bench.
+
+Options (``[options]`` of a device file):
+
+``threads``            intra-op threads; 0 means one per physical core (default 0)
+``inter_op_threads``   inter-op threads (default 1: subnets are a chain of layers)
+``graph_optimization`` ``all`` | ``extended`` | ``basic`` | ``disable`` (default ``all``)
+``affinity``           CPU ids to pin this process to while timing (default: leave as is)
+``spinning``           let idle intra-op threads spin (ORT default true); false is kinder to a
+                       shared machine but adds wake-up latency
+``parity_check``       compare each freshly exported ONNX file with PyTorch (default true)
+``cache_dir``          where exported ONNX files are kept (default ``~/.cache/compofa-bench/onnx``)
+``opset``              ONNX opset (default 17)
+
+Inputs and outputs are bound once with IO binding, so the timed loop is nothing but
+``run_with_iobinding``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compofa_bench.adapters.base import Adapter, Prepared, Timing, Workload
+from compofa_bench.convert import DEFAULT_OPSET, cached_onnx, check_onnx_parity
+from compofa_bench.errors import DeviceError, MeasurementError, MissingDependencyError
+from compofa_bench.measure import Protocol, timed_loop
+
+_OPT_LEVELS = {
+    "all": "ORT_ENABLE_ALL",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "basic": "ORT_ENABLE_BASIC",
+    "disable": "ORT_DISABLE_ALL",
+}
+_KNOWN_OPTIONS = {
+    "threads", "inter_op_threads", "graph_optimization", "affinity", "spinning",
+    "parity_check", "cache_dir", "opset",
+}  # fmt: skip
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "ort", "the cpu-ort adapter") from None
+    return ort
+
+
+class OrtCpuAdapter(Adapter):
+    kind: ClassVar[str] = "cpu-ort"
+    native_timing: ClassVar[bool] = False
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self._ort = _import_ort()
+        opts = dict(spec.options)
+        unknown = sorted(set(opts) - _KNOWN_OPTIONS)
+        if unknown:
+            raise DeviceError(
+                f"device {spec.name}: unknown cpu-ort option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_KNOWN_OPTIONS))}"
+            )
+        threads = opts.get("threads", 0)
+        if not isinstance(threads, int) or threads < 0:
+            raise DeviceError(f"device {spec.name}: threads must be an integer >= 0")
+        if threads == 0:
+            import psutil
+
+            threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        self.threads = int(threads)
+        self.inter_op_threads = int(opts.get("inter_op_threads", 1))
+        level = str(opts.get("graph_optimization", "all"))
+        if level not in _OPT_LEVELS:
+            raise DeviceError(
+                f"device {spec.name}: graph_optimization must be one of {', '.join(_OPT_LEVELS)}"
+            )
+        self.graph_optimization = level
+        affinity = opts.get("affinity") or []
+        if not isinstance(affinity, list) or not all(isinstance(c, int) for c in affinity):
+            raise DeviceError(f"device {spec.name}: affinity must be a list of CPU ids")
+        if affinity and not hasattr(os, "sched_setaffinity"):
+            raise DeviceError(f"device {spec.name}: CPU affinity is not supported on this OS")
+        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if affinity and not set(affinity) <= set(available):
+            raise DeviceError(
+                f"device {spec.name}: affinity {affinity} names CPUs outside {available}"
+            )
+        self.affinity = sorted(affinity)
+        self.spinning = bool(opts.get("spinning", True))
+        self.parity_check = bool(opts.get("parity_check", True))
+        self.cache_dir = opts.get("cache_dir")
+        self.opset = int(opts.get("opset", DEFAULT_OPSET))
+        self._saved_affinity: set[int] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": "onnxruntime",
+            "version": self._ort.__version__,
+            "provider": "CPUExecutionProvider",
+            "intra_op_threads": self.threads,
+            "inter_op_threads": self.inter_op_threads,
+            "graph_optimization": self.graph_optimization,
+            "affinity": self.affinity,
+            "spinning": self.spinning,
+            "opset": self.opset,
+        }
+
+    # ----------------------------------------------------------------- prepare
+    def _session_options(self) -> Any:
+        ort = self._ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = self.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, _OPT_LEVELS[self.graph_optimization]
+        )
+        so.log_severity_level = 3
+        so.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
+        )
+        return so
+
+    def session(self, onnx_path: str) -> Any:
+        """An ORT session with this device's settings (also used by the agreement benchmark)."""
+        return self._ort.InferenceSession(
+            onnx_path, self._session_options(), providers=["CPUExecutionProvider"]
+        )
+
+    def prepare(self, workload: Workload) -> Prepared:
+        path, fresh, export_s = cached_onnx(
+            workload.module, workload.input_shape, workload.cache_key, self.cache_dir, self.opset
+        )
+        parity_s = 0.0
+        if fresh and self.parity_check:
+            t0 = time.perf_counter()
+            check_onnx_parity(workload.module, path, workload.input_shape)
+            parity_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # Linux affinity is per thread and inherited: pin while ORT spawns its thread pool so
+        # the intra-op threads land on the chosen CPUs too.
+        self._pin()
+        try:
+            sess = self.session(str(path))
+        finally:
+            self._unpin()
+        session_s = time.perf_counter() - t0
+        return Prepared(
+            workload=workload,
+            handle=sess,
+            artifact_path=str(path),
+            prepare_s={"export_s": export_s, "parity_s": parity_s, "session_s": session_s},
+        )
+
+    # ----------------------------------------------------------------- time
+    def bind(self, sess: Any, input_shape: tuple[int, ...]) -> Any:
+        """IO binding with a random input and a preallocated output, both bound once."""
+        ort = self._ort
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+        x_val = ort.OrtValue.ortvalue_from_numpy(x)
+        out_meta = sess.get_outputs()[0]
+        out_shape = tuple(int(d) for d in out_meta.shape)
+        y_val = ort.OrtValue.ortvalue_from_numpy(np.empty(out_shape, dtype=np.float32))
+        binding = sess.io_binding()
+        binding.bind_ortvalue_input(inp.name, x_val)
+        binding.bind_ortvalue_output(out_meta.name, y_val)
+        # keep the buffers alive as long as the binding
+        binding._compofa_keep = (x_val, y_val)  # type: ignore[attr-defined]
+        return binding
+
+    def time(self, prepared: Prepared, protocol: Protocol) -> Timing:
+        sess = prepared.handle
+        shape = tuple(prepared.workload.input_shape)
+        if shape[0] != protocol.batch_size:
+            raise MeasurementError(
+                f"workload batch {shape[0]} differs from the protocol's batch_size "
+                f"{protocol.batch_size}"
+            )
+        binding = self.bind(sess, shape)
+        run = functools.partial(sess.run_with_iobinding, binding)
+        self._pin()
+        try:
+            timing = timed_loop(run, protocol)
+        finally:
+            self._unpin()
+        timing.extra["threads"] = self.threads
+        return timing
+
+    def _pin(self) -> None:
+        if self.affinity:
+            self._saved_affinity = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, self.affinity)
+
+    def _unpin(self) -> None:
+        if self._saved_affinity is not None:
+            os.sched_setaffinity(0, self._saved_affinity)
+            self._saved_affinity = None
+
+    def release(self, prepared: Prepared) -> None:
+        prepared.handle = None

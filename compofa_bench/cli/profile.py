@@ -1,0 +1,195 @@
+"""``profile``: measure subnets of a space on one or more devices into a results store."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from compofa_bench.cli.common import console, help_formatter, print_json
+
+EXAMPLES = """\
+examples:
+  # 20 random CompOFA subnets on this CPU (all cores), into results.db
+  compofa-bench profile --device cpu-ort --space compofa --sample 20 --seed 0
+  # every CompOFA subnet at 160 px on one thread, quicker protocol
+  compofa-bench profile --device cpu-ort-1t --archs all --resolutions 160 --min-seconds 0.3
+  # your own archs (JSON list of {"ks","e","d","r"}) on two devices at once
+  compofa-bench profile --device phone-a --device phone-b --arch-file archs.json
+  # machine-readable summary
+  compofa-bench profile --device cpu-ort-1t --sample 5 --json
+
+A rerun with the same store skips what is already measured for the same device fingerprint,
+protocol, arch (resolution included), width and batch: interrupt with Ctrl-C at any time and
+rerun to resume. Subnets are random-init unless --checkpoint is given: latency does not depend
+on the values of the weights.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure the latency of subnets on devices",
+        description="Measure whole subnets (exported and run by each device's adapter) under "
+        "a warmup / min-runs / min-seconds / max-seconds protocol, and store every sample, "
+        "statistics and an environment fingerprint in an SQLite results store.\n\n" + EXAMPLES,
+        formatter_class=help_formatter(),
+    )
+    p.add_argument(
+        "--device",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="device name or .toml path; repeat for several devices (one worker each)",
+    )
+    p.add_argument("--space", default="compofa", help="search space (default: compofa)")
+    sel = p.add_argument_group("which archs (choose one)")
+    sel.add_argument("--archs", choices=["all"], help="every arch of the space")
+    sel.add_argument("--sample", type=int, metavar="N", help="N distinct random archs")
+    sel.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
+    sel.add_argument("--arch-file", metavar="F", help="JSON list of OFA arch dicts (or JSON lines)")
+    p.add_argument(
+        "--resolutions",
+        metavar="R,R",
+        default=None,
+        help="resolutions, e.g. 160,224 (default: the space's; --arch-file: each arch's r)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="batch size (default: the device's)"
+    )
+    p.add_argument("--store", default="results.db", help="results store (default: results.db)")
+    p.add_argument("--width-mult", type=float, default=1.0, help="supernet width (default 1.0)")
+    p.add_argument("--n-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="supernet weights (optional: latency does not depend on weights)",
+    )
+    proto = p.add_argument_group("protocol overrides (defaults come from the device file)")
+    proto.add_argument("--warmup-runs", type=int, help="warmup runs (at least)")
+    proto.add_argument("--warmup-seconds", type=float, help="warmup seconds (at least)")
+    proto.add_argument("--runs", type=int, help="timed runs (at least)")
+    proto.add_argument("--min-seconds", type=float, help="timed seconds (at least)")
+    proto.add_argument(
+        "--max-seconds", type=float, help="timed seconds (at most; wins over --runs)"
+    )
+    proto.add_argument(
+        "--remeasure", type=int, help="re-take an unstable measurement up to N times"
+    )
+    proto.add_argument("--unstable-threshold", type=float, help="IQR/median that flags unstable")
+    proto.add_argument("--cooldown", type=float, help="seconds to sleep between workloads")
+    p.add_argument("--force", action="store_true", help="measure again even if already stored")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_profile)
+
+
+def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "warmup_runs": args.warmup_runs,
+        "warmup_min_s": args.warmup_seconds,
+        "min_runs": args.runs,
+        "min_s": args.min_seconds,
+        "max_s": args.max_seconds,
+        "batch_size": args.batch_size,
+        "remeasure": args.remeasure,
+        "unstable_threshold": args.unstable_threshold,
+        "cooldown_s": args.cooldown,
+    }
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from compofa_bench.devices import load_device, open_adapter
+    from compofa_bench.profile import profile_archs, select_archs
+    from compofa_bench.spaces import parse_resolutions
+    from compofa_bench.store import ResultStore
+
+    # Everything that can be wrong with the input is checked before the store is touched.
+    resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
+    archs = select_archs(
+        args.space,
+        all_archs=args.archs == "all",
+        sample=args.sample,
+        seed=args.seed,
+        arch_file=args.arch_file,
+        resolutions=resolutions,
+    )
+    specs = [load_device(d) for d in args.device]
+    overrides = protocol_overrides(args)
+    for s in specs:
+        s.protocol.replace(**overrides)  # validates the overrides against each device
+    adapters = []
+    try:
+        for s in specs:
+            adapters.append(open_adapter(s))
+        with ResultStore(args.store) as store:
+            summaries = profile_archs(
+                archs,
+                specs,
+                store,
+                space=args.space,
+                width_mult=args.width_mult,
+                n_classes=args.n_classes,
+                checkpoint=args.checkpoint,
+                protocol_overrides=overrides,
+                skip_done=not args.force,
+                show_progress=not args.no_progress and not args.json,
+                adapters=adapters,
+            )
+    finally:
+        for a in adapters:
+            a.close()
+    if args.json:
+        print_json(
+            {"store": args.store, "archs": len(archs), "devices": [s.to_dict() for s in summaries]}
+        )
+        return 0
+    print_summary(summaries, args.store)
+    return 0
+
+
+def print_summary(summaries: list, store_path: str) -> None:
+    from compofa_bench.profile import format_ms
+
+    out = console()
+    table = Table(title=f"profile summary ({store_path})")
+    for col in (
+        "device",
+        "measured",
+        "skipped",
+        "failed",
+        "unstable",
+        "fastest ms",
+        "slowest ms",
+        "wall s",
+        "timed s",
+    ):
+        table.add_column(col, justify="right" if col != "device" else "left")
+    for s in summaries:
+        d = s.to_dict()
+        table.add_row(
+            s.device,
+            str(d["measured"]),
+            str(d["skipped"]),
+            str(len(d["failed"])),
+            str(len(d["unstable"])),
+            f"{format_ms(d['fastest']['median_ms'])} {d['fastest']['key']}"
+            if d["fastest"]
+            else "-",
+            f"{format_ms(d['slowest']['median_ms'])} {d['slowest']['key']}"
+            if d["slowest"]
+            else "-",
+            f"{d['wall_s']:.1f}",
+            f"{d['timed_s']:.1f}",
+        )
+    out.print(table)
+    for s in summaries:
+        d = s.to_dict()
+        for f in d["failed"][:10]:
+            out.print(f"[red]failed[/red] {s.device} {f['key']}: {f['error']}")
+        if d["unstable"]:
+            shown = ", ".join(d["unstable"][:5]) + (" ..." if len(d["unstable"]) > 5 else "")
+            out.print(
+                f"[yellow]unstable[/yellow] on {s.device} (IQR/median above threshold): "
+                f"{shown}; consider --remeasure 2 or a quieter machine"
+            )

@@ -1,0 +1,161 @@
+"""Export a PyTorch module to ONNX, cache the file, and check it computes what PyTorch does.
+
+We use the TorchScript exporter (``dynamo=False``): it exports a MobileNetV3 subnet in about
+0.3 s where the dynamo exporter takes about 10 s, and the graphs ONNX Runtime builds from both
+run at the same speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from compofa_bench.errors import ExportError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+DEFAULT_OPSET = 17
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run PyTorch on ``n`` threads inside the block. Exports run single-threaded: tracing is
+    mostly Python, and idle OpenMP workers left spinning after a multi-threaded export would
+    steal CPU from the ONNX Runtime timing that follows."""
+    import torch
+
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if old != n:
+            torch.set_num_threads(old)
+
+
+def default_cache_dir() -> Path:
+    """``$COMPOFA_BENCH_CACHE`` or ``~/.cache/compofa-bench``."""
+    env = os.environ.get("COMPOFA_BENCH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compofa-bench"
+
+
+def to_onnx(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``module`` (float32, eval mode) with a fixed input shape to ``path``.
+
+    The file appears atomically: an interrupted export never leaves a truncated model that a
+    later run would load from the cache.
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    was_training = module.training
+    module.eval()
+    dummy = torch.zeros(*input_shape, dtype=torch.float32)
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), torch_threads(1):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                do_constant_folding=True,
+            )
+        os.replace(tmp, path)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export of a {type(module).__name__} failed: {exc}") from exc
+    finally:
+        module.train(was_training)
+    return path
+
+
+def cached_onnx(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    cache_key: str,
+    cache_dir: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> tuple[Path, bool, float]:
+    """The ONNX file for ``cache_key``, exported only if absent. Returns
+    ``(path, fresh, export_s)``; ``fresh`` is True when it was exported now."""
+    import torch
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
+    ident = f"{cache_key}|shape={tuple(input_shape)}|opset={opset}|torch={torch.__version__}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
+    path = cache_dir / f"{digest}.onnx"
+    if path.is_file():
+        return path, False, 0.0
+    t0 = time.perf_counter()
+    try:
+        to_onnx(module, input_shape, path, opset)
+    except PermissionError as exc:
+        raise ExportError(f"cannot write the ONNX cache {cache_dir}: {exc}") from None
+    return path, True, time.perf_counter() - t0
+
+
+def check_onnx_parity(
+    module: nn.Module,
+    onnx_path: str | Path,
+    input_shape: tuple[int, ...],
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the same random input through PyTorch and ONNX Runtime; raise ExportError when the
+    outputs differ by more than ``atol + rtol * |torch|`` anywhere. Returns the max errors."""
+    import torch
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "cpu", "the ONNX parity check") from None
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(input_shape, dtype=np.float32)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad(), torch_threads(1):
+        ref = module(torch.from_numpy(x)).detach().cpu().numpy()
+    module.train(was_training)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    if out.shape != ref.shape:
+        raise ExportError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
+    err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    tol = atol + rtol * np.abs(ref)
+    result = {
+        "max_abs_err": float(err.max(initial=0.0)),
+        "max_rel_err": float((err / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0)),
+        "ok": bool(np.all(err <= tol)),
+    }
+    if not result["ok"]:
+        raise ExportError(
+            f"ONNX parity check failed for {onnx_path}: max abs error {result['max_abs_err']:.3g} "
+            f"(tolerance {atol} + {rtol}*|x|)"
+        )
+    return result
