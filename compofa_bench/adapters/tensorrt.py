@@ -1,10 +1,11 @@
 """``tensorrt``: TensorRT engines built from ONNX, timed with CUDA events.
 
-Flow per workload: ONNX export (cached by :func:`compofa_bench.convert.cached_onnx`) ->
-engine build through the TensorRT 10 Python API with one optimization profile for the
-workload's batch -> serialized engine cached on disk -> execution context whose I/O tensors
-are torch CUDA tensors (``set_tensor_address``) -> ``execute_async_v3`` on a dedicated torch
-stream, bracketed by CUDA events.
+Flow per workload: ONNX export (fp32: the graph every device exports, cached by
+:func:`compofa_bench.convert.cached_onnx`; fp16: an fp16 graph built strongly typed, see
+:func:`network_flags`) -> engine build through the TensorRT 10/11 Python API with one
+optimization profile for the workload's batch -> serialized engine cached on disk ->
+execution context whose I/O tensors are torch CUDA tensors (``set_tensor_address``) ->
+``execute_async_v3`` on a dedicated torch stream, bracketed by CUDA events.
 
 I/O buffers are torch tensors, so pycuda (and cuda-python) are not needed: torch already owns
 a CUDA context, an allocator, pinned host memory and streams; a second CUDA binding would add
@@ -23,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +170,11 @@ def engine_file_name(key: EngineKey) -> str:
     return key.file_name()
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -176,6 +183,112 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def network_flags(trt: Any, precision: str) -> int:
+    """Network creation flags: fp16 networks are built strongly typed from an fp16 ONNX graph.
+
+    TensorRT 11 dropped the weakly-typed ``BuilderFlag.FP16`` (strong typing is always on);
+    TensorRT 10 has both. A strongly typed fp16 graph works on both and runs every layer in
+    fp16, as the ``cuda-torch`` fp16 device does, so the two devices measure the same thing.
+    """
+    if precision == "fp32":
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def export_onnx(
+    module: Any, input_shape: tuple[int, ...], path: Path, precision: str
+) -> tuple[Path, float]:
+    """The ONNX graph TensorRT builds from: float32 as exported for every device, or a
+    float16 copy (weights, input and output in fp16) for strongly typed fp16 engines."""
+    import copy
+    import warnings
+
+    import torch
+
+    from compofa_bench.convert import to_onnx
+
+    t0 = time.perf_counter()
+    if precision == "fp32":
+        return to_onnx(module, input_shape, path), time.perf_counter() - t0
+    half = copy.deepcopy(module).eval().half()
+    dummy = torch.zeros(*input_shape, dtype=torch.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                half,
+                (dummy,),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["input"],
+                output_names=["output"],
+                do_constant_folding=True,
+            )
+    except Exception as exc:
+        raise ExportError(f"fp16 ONNX export of a {type(module).__name__} failed: {exc}") from exc
+    return path, time.perf_counter() - t0
+
+
+def build_serialized_engine(
+    trt: Any, logger: Any, onnx_path: Path, input_shape: tuple[int, ...], o: TensorRTOptions
+) -> bytes:
+    """ONNX file -> serialized TensorRT engine with one optimization profile for
+    ``input_shape`` and ``o``'s precision and builder settings."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, o.precision))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, o.workspace_mib << 20)
+    config.builder_optimization_level = o.optimization_level
+    if not o.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    profile = builder.create_optimization_profile()
+    lo, opt, hi = profile_shapes(input_shape)
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        check_network_input(tuple(tensor.shape), input_shape)
+        profile.set_shape(tensor.name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(
+            f"TensorRT failed to build an engine from {onnx_path} "
+            f"({o.precision}, workspace {o.workspace_mib} MiB); see the log above"
+        )
+    return bytes(serialized)
+
+
+def build_engine_file(
+    module: Any,
+    input_shape: tuple[int, ...],
+    out_path: str | Path,
+    options: TensorRTOptions | None = None,
+) -> Path:
+    """Export ``module`` to a standalone TensorRT engine file (``search --export tensorrt``).
+
+    The engine only runs on the GPU model and TensorRT version that built it: build it on the
+    deployment machine. Needs CUDA and TensorRT here, like the device.
+    """
+    o = options or TensorRTOptions()
+    trt = import_tensorrt()
+    torch = require_cuda(o.device_index, "building a TensorRT engine")
+    torch.cuda.set_device(o.device_index)
+    logger = trt.Logger(trt.Logger.WARNING)
+    out = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path, _ = export_onnx(
+            module, tuple(input_shape), Path(tmp) / "model.onnx", o.precision
+        )
+        data = build_serialized_engine(trt, logger, onnx_path, tuple(input_shape), o)
+    write_atomic(out, data)
+    return out
 
 
 # --------------------------------------------------------------------------- adapter
@@ -253,13 +366,19 @@ class TensorRTAdapter(Adapter):
         engine = self.runtime.deserialize_cuda_engine(data) if data is not None else None
         fresh = engine is None
         if fresh:
-            onnx_path, _, export_s = cached_onnx(
-                workload.module, tuple(workload.input_shape), workload.cache_key
-            )
-            prepare_s["export_s"] = export_s
-            t0 = time.perf_counter()
-            data = self._build(onnx_path, tuple(workload.input_shape))
-            prepare_s["build_s"] = time.perf_counter() - t0
+            shape = tuple(workload.input_shape)
+            with tempfile.TemporaryDirectory(dir=_mkdir(path.parent)) as tmp:
+                if self.options.precision == "fp32":
+                    # The float32 graph is the one every device exports: share its cache.
+                    onnx_path, _, export_s = cached_onnx(workload.module, shape, workload.cache_key)
+                else:
+                    onnx_path, export_s = export_onnx(
+                        workload.module, shape, Path(tmp) / "model.onnx", self.options.precision
+                    )
+                prepare_s["export_s"] = export_s
+                t0 = time.perf_counter()
+                data = self._build(onnx_path, shape)
+                prepare_s["build_s"] = time.perf_counter() - t0
             write_atomic(path, data)
             write_atomic(
                 path.with_suffix(".json"),
@@ -305,35 +424,7 @@ class TensorRTAdapter(Adapter):
 
     # ------------------------------------------------------------------ internals
     def _build(self, onnx_path: Path, input_shape: tuple[int, ...]) -> bytes:
-        trt = self.trt
-        o = self.options
-        builder = trt.Builder(self.logger)
-        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse(Path(onnx_path).read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, o.workspace_mib << 20)
-        config.builder_optimization_level = o.optimization_level
-        if o.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        if not o.tf32:
-            config.clear_flag(trt.BuilderFlag.TF32)
-        profile = builder.create_optimization_profile()
-        lo, opt, hi = profile_shapes(input_shape)
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            check_network_input(tuple(tensor.shape), input_shape)
-            profile.set_shape(tensor.name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise ExportError(
-                f"TensorRT failed to build an engine from {onnx_path} "
-                f"({o.precision}, workspace {o.workspace_mib} MiB); see the log above"
-            )
-        return bytes(serialized)
+        return build_serialized_engine(self.trt, self.logger, onnx_path, input_shape, self.options)
 
     def _load(self, engine: Any, input_shape: tuple[int, ...]) -> _Engine:
         trt = self.trt
