@@ -52,6 +52,17 @@ class LayerSpec:
     act: str = ""
     expand_ratio: float = 0.0
     has_expand_conv: bool = True  # False for a block with expand ratio 1 (no 1x1 expansion)
+    use_bn: bool = True  # False for MobileNetV3's feature-mix conv (no BN, no bias)
+
+    @property
+    def se_c(self) -> int:
+        """Hidden width of the squeeze-excite block (0 without SE)."""
+        return se_channels(self.mid_c) if self.se else 0
+
+
+def se_channels(mid_c: int, reduction: int = 4) -> int:
+    """OFA's SE hidden width: ``make_divisible(mid // 4, 8)``."""
+    return make_divisible(mid_c // reduction, 8)
 
 
 @dataclass(frozen=True)
@@ -96,9 +107,19 @@ def mbv3_layer_specs(arch: Arch, cfg: MBV3Config) -> list[LayerSpec]:
     specs.append(LayerSpec("Conv", r, 3, hw, stem_c, kernel=3, stride=2, act="h_swish"))
     specs.append(
         LayerSpec(
-            "expanded_conv", hw, stem_c, hw, first_c, mid_c=stem_c, kernel=3,
-            stride=cfg.stride_stages[0], idskip=stem_c == first_c and cfg.stride_stages[0] == 1,
-            se=cfg.se_stages[0], act=cfg.act_stages[0], expand_ratio=1.0, has_expand_conv=False,
+            "expanded_conv",
+            hw,
+            stem_c,
+            hw,
+            first_c,
+            mid_c=stem_c,
+            kernel=3,
+            stride=cfg.stride_stages[0],
+            idskip=stem_c == first_c and cfg.stride_stages[0] == 1,
+            se=cfg.se_stages[0],
+            act=cfg.act_stages[0],
+            expand_ratio=1.0,
+            has_expand_conv=False,
         )
     )
     in_c = first_c
@@ -109,15 +130,24 @@ def mbv3_layer_specs(arch: Arch, cfg: MBV3Config) -> list[LayerSpec]:
         e = arch.e[_slot]
         specs.append(
             LayerSpec(
-                "expanded_conv", hw, in_c, out_hw, out_c, mid_c=middle_channels(in_c, e),
-                kernel=arch.ks[_slot], stride=stride, idskip=stride == 1 and in_c == out_c,
-                se=cfg.se_stages[stage + 1], act=cfg.act_stages[stage + 1], expand_ratio=float(e),
+                "expanded_conv",
+                hw,
+                in_c,
+                out_hw,
+                out_c,
+                mid_c=middle_channels(in_c, e),
+                kernel=arch.ks[_slot],
+                stride=stride,
+                idskip=stride == 1 and in_c == out_c,
+                se=cfg.se_stages[stage + 1],
+                act=cfg.act_stages[stage + 1],
+                expand_ratio=float(e),
             )
         )
         hw, in_c = out_hw, out_c
     fe, last = cfg.final_expand_width, cfg.last_channel
     specs.append(LayerSpec("Conv_1", hw, in_c, hw, fe, kernel=1, act="h_swish"))
     specs.append(LayerSpec("AvgPool2D", hw, fe, 1, fe))
-    specs.append(LayerSpec("Conv_2", 1, fe, 1, last, kernel=1, act="h_swish"))
+    specs.append(LayerSpec("Conv_2", 1, fe, 1, last, kernel=1, act="h_swish", use_bn=False))
     specs.append(LayerSpec("Logits", 1, last, 1, cfg.n_classes))
     return specs

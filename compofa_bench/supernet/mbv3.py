@@ -1,0 +1,140 @@
+"""MobileNetV3 OFA supernet layout (the ofa package's ``OFAMobileNetV3``).
+
+Stem 3x3/s2 + h_swish; a fixed first inverted residual block (expand 1, 3x3, ReLU, no SE);
+5 elastic stages of up to 4 blocks (strides 2,2,2,1,2; ReLU, ReLU, h_swish x3; SE in stages
+1, 3, 4, counting from 0); final 1x1 expand + BN + h_swish; global pool; 1x1 feature mix +
+h_swish (no BN); dropout + linear classifier. Widths come from :class:`MBV3Config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from compofa_bench.errors import SupernetError
+from compofa_bench.spaces import MBV3_STAGE_SIZES, Arch
+from compofa_bench.supernet.dynamic_ops import DynamicMBConv
+from compofa_bench.supernet.geometry import MBV3Config, mbv3_layer_specs
+from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig
+from compofa_bench.supernet.static_layers import (
+    ConvBNAct,
+    LinearHead,
+    MBConv,
+    Residual,
+)
+
+#: Geometry kind -> module name of the head, as in OFAMobileNetV3.
+HEAD_NAMES = {
+    "Conv_1": "final_expand_layer",
+    "AvgPool2D": "global_pool",
+    "Conv_2": "feature_mix_layer",
+    "Logits": "classifier",
+}
+
+#: OFA's BatchNorm settings for MobileNetV3 (bn_param=(momentum, eps)).
+BN_MOMENTUM, BN_EPS = 0.1, 1e-5
+
+
+def build_mbv3(
+    width_mult: float = 1.0,
+    n_classes: int = 1000,
+    dropout_rate: float = 0.1,
+    kernel_list: Sequence[int] = (3, 5, 7),
+    expand_list: Sequence[int] = (3, 4, 6),
+    depth_list: Sequence[int] = (2, 3, 4),
+) -> ElasticSupernet:
+    """The elastic MobileNetV3 with OFA's structure and key names (random init)."""
+    if width_mult <= 0:
+        raise SupernetError(f"width_mult must be positive, got {width_mult}")
+    if n_classes < 1:
+        raise SupernetError(f"n_classes must be >= 1, got {n_classes}")
+    if not 0 <= dropout_rate < 1:
+        raise SupernetError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    if max(depth_list) != MBV3_STAGE_SIZES[0]:
+        raise SupernetError(f"MobileNetV3 stages hold {MBV3_STAGE_SIZES[0]} blocks at most")
+    cfg = MBV3Config(width_mult=width_mult, n_classes=n_classes)
+    widths = cfg.widths
+    stem_c, first_c = widths[0], widths[1]
+
+    first_conv = ConvBNAct(3, stem_c, 3, 2, act="h_swish")
+    first_block = Residual(
+        MBConv(
+            stem_c,
+            first_c,
+            stem_c,
+            3,
+            cfg.stride_stages[0],
+            cfg.act_stages[0],
+            cfg.se_stages[0],
+            has_expand_conv=False,
+        ),
+        shortcut=stem_c == first_c and cfg.stride_stages[0] == 1,
+    )
+    elastic: list[Residual] = []
+    in_c = first_c
+    for stage, size in enumerate(MBV3_STAGE_SIZES):
+        out_c = widths[stage + 2]
+        for layer in range(size):
+            stride = cfg.stride_stages[stage + 1] if layer == 0 else 1
+            body = DynamicMBConv(
+                in_c,
+                out_c,
+                kernel_list,
+                expand_list,
+                stride,
+                cfg.act_stages[stage + 1],
+                cfg.se_stages[stage + 1],
+            )
+            elastic.append(Residual(body, shortcut=stride == 1 and in_c == out_c))
+            in_c = out_c
+    head: list[tuple[str, nn.Module]] = [
+        ("final_expand_layer", ConvBNAct(in_c, cfg.final_expand_width, 1, act="h_swish")),
+        ("global_pool", nn.AdaptiveAvgPool2d(1)),
+        (
+            "feature_mix_layer",
+            ConvBNAct(cfg.final_expand_width, cfg.last_channel, 1, act="h_swish", use_bn=False),
+        ),
+        ("classifier", LinearHead(cfg.last_channel, n_classes, dropout_rate)),
+    ]
+    config = SupernetConfig(
+        base="mbv3",
+        width_mult=width_mult,
+        n_classes=n_classes,
+        dropout_rate=dropout_rate,
+        kernel_list=tuple(sorted(set(kernel_list))),
+        expand_list=tuple(sorted(set(expand_list))),
+        depth_list=tuple(sorted(set(depth_list))),
+        stage_sizes=MBV3_STAGE_SIZES,
+    )
+
+    def specs(arch: Arch) -> list:
+        return mbv3_layer_specs(arch, cfg)
+
+    net = ElasticSupernet(config, first_conv, [first_block], elastic, head, HEAD_NAMES, specs)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum, m.eps = BN_MOMENTUM, BN_EPS
+    _init_weights(net)
+    return net
+
+
+def _init_weights(net: nn.Module) -> None:
+    """OFA's init: He (fan-out) for convs, unit BN, uniform linear; the kernel-transform
+    matrices stay identity."""
+    import math
+
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                m.bias.data.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            stdv = 1.0 / math.sqrt(m.weight.size(1))
+            m.weight.data.uniform_(-stdv, stdv)
+            if m.bias is not None:
+                m.bias.data.zero_()
