@@ -96,9 +96,9 @@ def measure_archs(
     *,
     space: str,
     show_progress: bool = True,
-) -> np.ndarray:
+) -> tuple[np.ndarray, dict[str, Any]]:
     """End-to-end median latency of ``archs`` at the table's width and batch size, through
-    ``profile`` (so archs the store holds are not measured again)."""
+    ``profile`` (so archs the store holds are not measured again), and what the run cost."""
     from compofa_bench.profile import profile_archs
     from compofa_bench.store import ResultStore
 
@@ -122,7 +122,14 @@ def measure_archs(
     missing = [a.key() for a in archs if a.key() not in found]
     if missing:
         raise LutError(f"{len(missing)} archs have no measurement (interrupted?); rerun")
-    return np.array([found[a.key()] for a in archs])
+    cost = {
+        "measured_now": len(run.by_status("ok")),
+        "reused": len(run.by_status("skipped")),
+        "wall_s": round(run.wall_s, 3),
+        "timed_s": round(run.timed_s, 3),
+        "prepare_s": {k: round(v, 3) for k, v in run.prepare_totals().items()},
+    }
+    return np.array([found[a.key()] for a in archs]), cost
 
 
 def validate_table(
@@ -160,7 +167,7 @@ def validate_table(
             f"the table lacks {len(missing)} layers of space {space.name}, e.g. {missing[0]}"
         )
     val, cal = archs[:n_sample], archs[n_sample:]
-    measured = measure_archs(
+    measured, cost = measure_archs(
         archs, spec, table, store_path, space=space.name, show_progress=show_progress
     )
     m_val, m_cal = measured[:n_sample], measured[n_sample:]
@@ -173,6 +180,7 @@ def validate_table(
         "n": n_sample,
         "seed": seed,
         "table_device": table.provenance.get("device"),
+        "measurement": cost,
         "uncalibrated": metrics(raw_val, m_val),
         "archs": [
             {"key": a.key(), "predicted_ms": float(p), "measured_ms": float(m)}
