@@ -66,8 +66,9 @@ class Protocol:
             raise MeasurementError(f"protocol min_runs must be >= 1, got {self.min_runs}")
         if self.batch_size < 1:
             raise MeasurementError(f"protocol batch_size must be >= 1, got {self.batch_size}")
-        if min(self.warmup_min_s, self.min_s, self.cooldown_s) < 0:
-            raise MeasurementError("protocol durations must be >= 0")
+        for name in ("warmup_min_s", "min_s", "cooldown_s"):
+            if getattr(self, name) < 0:
+                raise MeasurementError(f"protocol {name} must be >= 0")
         if self.max_s <= 0 or self.max_s < self.min_s:
             raise MeasurementError(
                 f"protocol max_s ({self.max_s}) must be positive and >= min_s ({self.min_s})"
