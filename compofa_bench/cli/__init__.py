@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "results",
     "space",
     "lut",
+    "train",
+    "evaluate",
 )
 
 DESCRIPTION = """\
