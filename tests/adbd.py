@@ -65,6 +65,10 @@ class Faults:
     offline: bool = False
     unauthorized: bool = False
     drop_after: int | None = None
+    #: Cut the connection 0.1 s after starting a shell command that contains this text.
+    drop_on: str | None = None
+    #: How many connections the drop knobs cut in total (then the phone behaves again).
+    drop_times: int = 1_000_000
     storage_full: bool = False
 
 
@@ -200,6 +204,7 @@ class _Connection:
         self._token = b""
         self._authorized = False
         self._services_opened = 0
+        self._procs: list[subprocess.Popen[bytes]] = []
 
     # -- transport ---------------------------------------------------------------------------
     def send(self, command: int, arg0: int, arg1: int, data: bytes = b"") -> None:
@@ -231,6 +236,11 @@ class _Connection:
 
     def kill(self) -> None:
         self.dead = True
+        # Like adbd: commands of a dropped connection die with it.
+        for proc in self._procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         for s in list(self._streams.values()):
             s.remote_closed()
         with contextlib.suppress(OSError):
@@ -311,13 +321,20 @@ class _Connection:
             self._accept()
 
     def _on_open(self, remote_id: int, data: bytes) -> None:
-        limit = self.daemon.faults.drop_after
+        faults = self.daemon.faults
+        limit = faults.drop_after
         self._services_opened += 1
-        if limit is not None and self._services_opened > limit:
-            self.daemon.drops += 1
+        if limit is not None and self._services_opened > limit and self.daemon.take_drop():
             self.kill()
             raise _Closed
         service = data.rstrip(b"\0").decode("utf-8", "replace")
+        if (
+            faults.drop_on is not None
+            and service.startswith("shell:")
+            and faults.drop_on in service
+            and self.daemon.take_drop()
+        ):
+            threading.Timer(0.1, self.kill).start()
         local_id = self._next_id
         self._next_id += 1
         stream = _Stream(self, local_id, remote_id)
@@ -341,9 +358,10 @@ class _Connection:
         except _Closed:
             pass
         finally:
-            self._streams.pop(stream.local_id, None)
+            # Close before forgetting the stream: the OKAY for the last WRTE must still find it.
             with contextlib.suppress(_Closed):
                 stream.close()
+            self._streams.pop(stream.local_id, None)
 
     # -- services ----------------------------------------------------------------------------
     def _run_unknown(self, stream: _Stream, service: str) -> None:
@@ -353,6 +371,7 @@ class _Connection:
         if not command.strip():
             return
         proc = self.daemon.popen_shell(command)
+        self._procs.append(proc)
         assert proc.stdout is not None
         try:
             while True:
@@ -517,6 +536,13 @@ class AdbDaemon:
     @property
     def serial(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def take_drop(self) -> bool:
+        with self._keys_lock:
+            if self.drops >= self.faults.drop_times:
+                return False
+            self.drops += 1
+            return True
 
     # -- keys ----------------------------------------------------------------------------------
     def known_keys(self) -> list[tuple[int, int]]:
