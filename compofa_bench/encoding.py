@@ -15,6 +15,7 @@ Encoding is vectorized over arrays of genes so that a whole population costs one
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,7 @@ class Encoder:
                     f"[{OFA_RES_BASE}, {OFA_RES_BASE + OFA_RES_STEP * OFA_RES_SLOTS - 1}]"
                 )
             return idx
-        return _lookup(r, self.resolutions, "resolution")
+        return index_of(r, self.resolutions, "resolution")
 
     # ----------------------------------------------------------------- encoding
     def encode(self, archs: Sequence[Arch] | ArchArrays) -> np.ndarray:
@@ -144,8 +145,8 @@ class Encoder:
         nk, ne = len(self.kernels), len(self.expands)
         out = np.zeros((n, self.dim), dtype=np.float32)
         # Inactive slots may hold any value (normalized copies); only active ones are looked up.
-        k_idx = _lookup(np.where(active, ks, self.kernels[0]), self.kernels, "kernel")
-        e_idx = _lookup(np.where(active, e, self.expands[0]), self.expands, "expand ratio")
+        k_idx = index_of(np.where(active, ks, self.kernels[0]), self.kernels, "kernel")
+        e_idx = index_of(np.where(active, e, self.expands[0]), self.expands, "expand ratio")
         rr, cc = np.nonzero(active)
         out[rr, cc * nk + k_idx[rr, cc]] = 1.0
         out[rr, slots * nk + cc * ne + e_idx[rr, cc]] = 1.0
@@ -176,17 +177,26 @@ class Encoder:
             raise PredictorError(f"invalid encoder config in predictor file: {exc}") from None
 
 
-def _lookup(values: np.ndarray, alphabet: Sequence[int], what: str) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _dense_table(alphabet: tuple[int, ...]) -> np.ndarray:
+    """value -> index (or -1) for small non-negative alphabets: one gather instead of a search."""
+    if min(alphabet) <= 0:
+        raise PredictorError(f"gene values must be positive, got {list(alphabet)}")
+    table = np.full(max(alphabet) + 2, -1, dtype=np.int64)
+    table[list(alphabet)] = np.arange(len(alphabet))
+    return table
+
+
+def index_of(values: np.ndarray, alphabet: Sequence[int], what: str) -> np.ndarray:
     """Index of each value in ``alphabet``; a clear error for any value outside it."""
-    alphabet_arr = np.asarray(alphabet, dtype=np.int64)
-    order = np.argsort(alphabet_arr)
-    sorted_alpha = alphabet_arr[order]
-    pos = np.searchsorted(sorted_alpha, values)
-    pos_c = np.clip(pos, 0, len(sorted_alpha) - 1)
-    ok = sorted_alpha[pos_c] == values
-    if not ok.all():
-        bad = int(np.asarray(values)[~ok].flat[0])
+    table = _dense_table(tuple(int(a) for a in alphabet))
+    values = np.asarray(values, dtype=np.int64)
+    # clip mode sends negatives to index 0, which is -1 too: alphabets hold positive values
+    idx = table.take(values, mode="clip")
+    bad = idx < 0
+    if bad.any():
         raise PredictorError(
-            f"{what} {bad} is not one the predictor was built for: {list(alphabet)}"
+            f"{what} {int(values[bad].flat[0])} is not one the predictor was built for: "
+            f"{list(alphabet)}"
         )
-    return order[pos_c]
+    return idx

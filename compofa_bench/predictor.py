@@ -13,13 +13,14 @@ Prediction is batched: archs are encoded with numpy and run through one forward 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,23 @@ FORMAT = "compofa-bench-predictor"
 FORMAT_VERSION = 1
 OFA_HIDDEN = (400, 400, 400)
 ACC_CSV_HEADER = ("space", "key", "resolution", "top1", "arch")
+
+
+#: Batches up to this many rows are scored on one thread (see predict_features).
+SMALL_BATCH = 4096
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def build_mlp(in_dim: int, hidden: Sequence[int] = OFA_HIDDEN) -> nn.Sequential:
@@ -72,7 +90,10 @@ class AccuracyPredictor:
     @torch.no_grad()
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        return self.model(x).squeeze(1).double().numpy()
+        # A search scores a few hundred rows per call: intra-op threads cost more in wake-ups
+        # than they save (20x slower on a loaded 2-core machine), so small batches run on one.
+        with _torch_threads(1 if len(x) <= SMALL_BATCH else None):
+            return self.model(x).squeeze(1).double().numpy()
 
     def predict(self, archs: Sequence[Arch] | ArchArrays) -> np.ndarray:
         """(n,) predicted top-1 fractions, one forward pass for the whole batch."""

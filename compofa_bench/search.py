@@ -1,0 +1,985 @@
+"""Architecture search under latency (or MACs) constraints.
+
+Two strategies, one entry point (:func:`search`) that serves many targets per call:
+
+- **exhaustive**: when the space times its resolutions is small (CompOFA: 243 x R), every
+  member is scored once and each target gets its true optimum;
+- **evolution**: OFA's regularized evolution (population, parent ratio, mutation ratio and
+  probability, crossover), with CompOFA-aware genes: in a coupled space a stage's depth and
+  expand ratio are one gene, in mutation and crossover alike. All targets evolve side by side,
+  so one predictor forward pass scores every target's children at once.
+
+Populations are integer arrays (:class:`~compofa_bench.encoding.ArchArrays`), never lists of
+dicts. Latency sources that are sums of per-layer values (lookup tables, MACs) are compiled
+into an :class:`AdditiveModel`, a numpy gather, and checked against the source before use.
+Sources that are not additive (measurement on a device) are called per new arch and memoized.
+
+Infeasible children are redrawn a bounded number of times and then replaced by their parent;
+a target below the fastest member is reported with the fastest latency available. There is no
+unbounded rejection loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from compofa_bench.encoding import ArchArrays, active_mask, index_of
+from compofa_bench.errors import LutError, SearchError
+from compofa_bench.spaces import Arch, SearchSpace
+
+# =============================================================================== sources
+
+
+@runtime_checkable
+class LatencySource(Protocol):
+    """Anything that prices archs. ``unit`` is ``"ms"`` or ``"MMACs"``."""
+
+    name: str
+    unit: str
+
+    def latency_ms(self, archs: Sequence[Arch]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class AccuracySource(Protocol):
+    """Scores archs; higher is better. ``is_proxy`` marks a score that is not an accuracy."""
+
+    label: str
+    is_proxy: bool
+
+    def score(self, arr: ArchArrays) -> np.ndarray: ...
+
+
+@dataclass
+class AdditiveModel:
+    """Cost = ``fixed[r] + sum over active slots of per_slot[r, slot, kernel, expand]``.
+
+    Exact for lookup tables and MAC counts, whose totals are sums over layers and whose layer
+    shapes depend only on position, kernel, expand ratio and resolution. ``NaN`` marks a
+    combination the source cannot price (a table built for another space).
+    """
+
+    stage_sizes: tuple[int, ...]
+    resolutions: tuple[int, ...]
+    kernels: tuple[int, ...]
+    expands: tuple[int, ...]
+    fixed: np.ndarray
+    per_slot: np.ndarray
+    post: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def evaluate(self, arr: ArchArrays) -> np.ndarray:
+        active = active_mask(arr.d, self.stage_sizes)
+        ri = index_of(arr.r, self.resolutions, "resolution")
+        ki = index_of(np.where(active, arr.ks, self.kernels[0]), self.kernels, "kernel")
+        ei = index_of(np.where(active, arr.e, self.expands[0]), self.expands, "expand ratio")
+        slots = np.arange(active.shape[1])[None, :]
+        vals = np.where(active, self.per_slot[ri[:, None], slots, ki, ei], 0.0)
+        total = self.fixed[ri] + vals.sum(axis=1)
+        return self.post(total) if self.post is not None else total
+
+
+def _stage_genes(space: SearchSpace, stage: int) -> list[tuple[int, int | None]]:
+    """``(depth, coupled expand or None)`` a stage can take."""
+    if space.coupling is not None:
+        return [(d, e) for d, e in space.coupling if d in space.depth_choices[stage]]
+    return [(d, None) for d in space.depth_choices[stage]]
+
+
+def _all_expands(space: SearchSpace) -> tuple[int, ...]:
+    return tuple(sorted(set(space.expand_choices) | {e for _, e in space.coupling or ()}))
+
+
+def _all_kernels(space: SearchSpace) -> tuple[int, ...]:
+    return tuple(sorted({k for ch in space.kernel_choices for k in ch}))
+
+
+def compile_by_differences(
+    cost: Callable[[Sequence[Arch]], np.ndarray], space: SearchSpace
+) -> AdditiveModel:
+    """Recover the per-layer terms of an additive ``cost`` from whole-arch probes.
+
+    Base probe: every stage at full depth, every slot at the first (kernel, expand). Changing
+    one slot gives that slot's term relative to the base; lowering one stage's depth gives the
+    base terms of the slots it drops. Probes may leave the space (any arch is priced).
+    """
+    sizes = space.stage_sizes
+    n = sum(sizes)
+    kernels, expands = _all_kernels(space), _all_expands(space)
+    full = tuple(sizes)
+    k0, e0 = kernels[0], expands[0]
+    probes: list[Arch] = []
+    for r in space.resolutions:
+        probes.append(Arch((k0,) * n, (e0,) * n, full, r, sizes))
+        for s in range(n):
+            for k in kernels:
+                for x in expands:
+                    ks = [k0] * n
+                    es = [e0] * n
+                    ks[s], es[s] = k, x
+                    probes.append(Arch(tuple(ks), tuple(es), full, r, sizes))
+        for st, size in enumerate(sizes):
+            for depth in range(1, size):
+                d = list(full)
+                d[st] = depth
+                probes.append(Arch((k0,) * n, (e0,) * n, tuple(d), r, sizes))
+    values = np.asarray(cost(probes), dtype=np.float64)
+    nr, nk, ne = len(space.resolutions), len(kernels), len(expands)
+    fixed = np.zeros(nr)
+    per_slot = np.zeros((nr, n, nk, ne))
+    i = 0
+    for ri in range(nr):
+        base = values[i]
+        i += 1
+        rel = values[i : i + n * nk * ne].reshape(n, nk, ne) - base
+        i += n * nk * ne
+        # base term of a slot: drop(depth=j) - drop(depth=j+1) along each stage
+        base_term = np.zeros(n)
+        start = 0
+        for size in sizes:
+            drops = [0.0] * (size + 1)  # drops[j] = cost removed when depth is j
+            for depth in range(1, size):
+                drops[depth] = base - values[i]
+                i += 1
+            for j in range(1, size):
+                base_term[start + j] = drops[j] - drops[j + 1]
+            start += size
+        # slot 0 of each stage is always active: fold its base term into the fixed part
+        per_slot[ri] = rel + base_term[:, None, None]
+        fixed[ri] = base - base_term.sum()
+    return AdditiveModel(sizes, space.resolutions, kernels, expands, fixed, per_slot)
+
+
+class MacsLatency:
+    """MACs (in millions) as the constraint: ``latency_ms`` returns MMACs, ``unit`` says so."""
+
+    unit = "MMACs"
+
+    def __init__(self, width_mult: float = 1.0, base: str = "mbv3", n_classes: int = 1000) -> None:
+        self.width_mult, self.base, self.n_classes = width_mult, base, n_classes
+        self.name = f"macs (w{width_mult:g})"
+        self._models: dict[tuple[Any, ...], AdditiveModel] = {}
+
+    def latency_ms(self, archs: Sequence[Arch]) -> np.ndarray:
+        from compofa_bench import supernet
+
+        return np.array(
+            [
+                supernet.count_macs(
+                    a, width_mult=self.width_mult, base=self.base, n_classes=self.n_classes
+                )
+                / 1e6
+                for a in archs
+            ],
+            dtype=np.float64,
+        )
+
+    def additive(self, space: SearchSpace) -> AdditiveModel:
+        key = (space.name, space.resolutions, space.stage_sizes)
+        if key not in self._models:
+            self._models[key] = compile_by_differences(self.latency_ms, space)
+        return self._models[key]
+
+
+class LutLatency:
+    """Latency predicted by a :class:`compofa_bench.lut.LatencyTable`."""
+
+    unit = "ms"
+
+    def __init__(
+        self,
+        table: Any,
+        width_mult: float | None = None,
+        allow_width_mismatch: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.table = table
+        self.width_mult = width_mult
+        self.allow_width_mismatch = allow_width_mismatch
+        self.name = name or f"lut ({table.provenance.get('source', 'table')})"
+
+    @classmethod
+    def from_file(
+        cls, path: str, width_mult: float | None = None, allow_width_mismatch: bool = False
+    ) -> LutLatency:
+        from compofa_bench.lut import LatencyTable
+
+        return cls(LatencyTable.load(path), width_mult, allow_width_mismatch, f"lut:{path}")
+
+    def latency_ms(self, archs: Sequence[Arch]) -> np.ndarray:
+        return np.asarray(
+            self.table.predict_ms(
+                list(archs),
+                width_mult=self.width_mult,
+                allow_width_mismatch=self.allow_width_mismatch,
+            ),
+            dtype=np.float64,
+        )
+
+    def additive(self, space: SearchSpace) -> AdditiveModel:
+        """Per-layer values read straight from the table (NaN where it lacks a key)."""
+        t = self.table
+        t._check_width(self.width_mult, self.allow_width_mismatch)
+        missing_res = [r for r in space.resolutions if r not in t.resolutions]
+        if missing_res:
+            raise LutError(
+                f"the table has resolutions {list(t.resolutions)}; search asked for "
+                f"{missing_res}: pick --resolutions from the table's"
+            )
+        sizes = space.stage_sizes
+        n = sum(sizes)
+        kernels, expands = _all_kernels(space), _all_expands(space)
+        prefix = t.layout.n_prefix
+        fixed = np.full(len(space.resolutions), np.nan)
+        per_slot = np.full((len(space.resolutions), n, len(kernels), len(expands)), np.nan)
+        for ri, r in enumerate(space.resolutions):
+            for ki, k in enumerate(kernels):
+                for ei, x in enumerate(expands):
+                    keys = t.keys(Arch((k,) * n, (x,) * n, tuple(sizes), r, sizes))
+                    for s, key in enumerate(keys[prefix : prefix + n]):
+                        v = t.value(r, key)
+                        per_slot[ri, s, ki, ei] = np.nan if v is None else v
+                    if ki == 0 and ei == 0:
+                        vals = [t.value(r, key) for key in keys[:prefix] + keys[prefix + n :]]
+                        if all(v is not None for v in vals):
+                            fixed[ri] = sum(vals)
+        post = t.calibration.apply if getattr(t, "calibration", None) is not None else None
+        return AdditiveModel(sizes, space.resolutions, kernels, expands, fixed, per_slot, post)
+
+
+class MeasuredLatency:
+    """Latency measured on a device, memoized in the results store (keyed by arch, resolution
+    and device fingerprint there), so a repeated search costs no new measurements."""
+
+    unit = "ms"
+
+    def __init__(
+        self,
+        device: str,
+        store_path: str,
+        width_mult: float = 1.0,
+        base: str = "mbv3",
+        n_classes: int = 1000,
+    ) -> None:
+        self.device, self.store_path = device, store_path
+        self.width_mult, self.base, self.n_classes = width_mult, base, n_classes
+        self.name = f"measured on {device}"
+        self._memo: dict[Arch, float] = {}
+
+    def latency_ms(self, archs: Sequence[Arch]) -> np.ndarray:
+        todo = [a for a in dict.fromkeys(archs) if a not in self._memo]
+        if todo:
+            try:
+                from compofa_bench import profile
+            except ImportError as exc:
+                raise SearchError(
+                    "measuring latency during search needs compofa_bench.profile (the "
+                    f"measurement module), which is not available here: {exc}"
+                ) from None
+            got = profile.profile_archs(
+                todo,
+                device=self.device,
+                store=self.store_path,
+                width_mult=self.width_mult,
+                base=self.base,
+                n_classes=self.n_classes,
+            )
+            for a, ms in zip(todo, _median_list(got, len(todo)), strict=True):
+                self._memo[a] = ms
+        return np.array([self._memo[a] for a in archs], dtype=np.float64)
+
+
+def _median_list(got: Any, n: int) -> list[float]:
+    """profile_archs may return floats, Stats, or dicts with median_ms; take the median."""
+    out: list[float] = []
+    items = list(got.values()) if isinstance(got, dict) else list(got)
+    if len(items) != n:
+        raise SearchError(f"device measurement returned {len(items)} results for {n} archs")
+    for x in items:
+        if isinstance(x, (int, float)):
+            out.append(float(x))
+        elif isinstance(x, dict):
+            out.append(float(x["median_ms"]))
+        else:
+            out.append(float(x.median_ms))
+    return out
+
+
+class PredictorAccuracy:
+    """An :class:`~compofa_bench.predictor.AccuracyPredictor` as a search score."""
+
+    is_proxy = False
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+        self.label = predictor.label
+
+    def score(self, arr: ArchArrays) -> np.ndarray:
+        return self.predictor.predict(arr)
+
+
+class MacsProxy:
+    """MACs as a stand-in for accuracy (bigger nets are usually more accurate). Every output
+    that uses it says ``accuracy proxy: MACs`` because it is not an accuracy."""
+
+    is_proxy = True
+    label = "MACs proxy (not an accuracy: higher MACs ranked as better)"
+
+    def __init__(self, space: SearchSpace, width_mult: float = 1.0, n_classes: int = 1000) -> None:
+        self.model = MacsLatency(width_mult, space.base, n_classes).additive(space)
+
+    def score(self, arr: ArchArrays) -> np.ndarray:
+        return self.model.evaluate(arr)
+
+
+# =============================================================================== genes
+
+
+class Genome:
+    """Vectorized sampling, mutation and crossover of a space's archs as arrays.
+
+    Genes: the resolution; per slot a kernel; per stage a depth gene which in coupled spaces
+    also fixes the stage's expand ratio; in uncoupled spaces per slot an expand ratio.
+    Semantics follow :meth:`SearchSpace.sample`, :meth:`~SearchSpace.mutate` and
+    :meth:`~SearchSpace.crossover`.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        sizes = space.stage_sizes
+        self.n_slots = sum(sizes)
+        self.n_stages = len(sizes)
+        self.slot_stage = np.repeat(np.arange(self.n_stages), sizes)
+        self.res = np.asarray(space.resolutions, dtype=np.int64)
+        self.k_tab, self.k_len = _pad(space.kernel_choices)
+        genes = [_stage_genes(space, s) for s in range(self.n_stages)]
+        self.g_d, self.g_len = _pad([[d for d, _ in g] for g in genes])
+        self.coupled = space.coupling is not None
+        if self.coupled:
+            self.g_e, _ = _pad([[e for _, e in g] for g in genes])
+        self.e_choices = np.asarray(space.expand_choices, dtype=np.int64)
+
+    def _pick(
+        self, table: np.ndarray, lens: np.ndarray, rng: np.random.Generator, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        idx = (rng.random((n, len(lens))) * lens[None, :]).astype(np.int64)
+        return table[np.arange(len(lens))[None, :], idx], idx
+
+    def sample(self, n: int, rng: np.random.Generator) -> ArchArrays:
+        r = self.res[rng.integers(len(self.res), size=n)]
+        ks, _ = self._pick(self.k_tab, self.k_len, rng, n)
+        d, gi = self._pick(self.g_d, self.g_len, rng, n)
+        if self.coupled:
+            e = self.g_e[np.arange(self.n_stages)[None, :], gi][:, self.slot_stage]
+        else:
+            e = self.e_choices[rng.integers(len(self.e_choices), size=(n, self.n_slots))]
+        return ArchArrays(ks, e, d, r)
+
+    def mutate(self, a: ArchArrays, rng: np.random.Generator, prob: float) -> ArchArrays:
+        n = len(a)
+        fresh = self.sample(n, rng)
+        mr = rng.random(n) < prob
+        mk = rng.random((n, self.n_slots)) < prob
+        md = rng.random((n, self.n_stages)) < prob
+        r = np.where(mr, fresh.r, a.r)
+        ks = np.where(mk, fresh.ks, a.ks)
+        d = np.where(md, fresh.d, a.d)
+        if self.coupled:
+            e = np.where(md[:, self.slot_stage], fresh.e, a.e)
+        else:
+            me = rng.random((n, self.n_slots)) < prob
+            e = np.where(me, fresh.e, a.e)
+        return ArchArrays(ks, e, d, r)
+
+    def crossover(self, a: ArchArrays, b: ArchArrays, rng: np.random.Generator) -> ArchArrays:
+        n = len(a)
+        cr = rng.random(n) < 0.5
+        ck = rng.random((n, self.n_slots)) < 0.5
+        cd = rng.random((n, self.n_stages)) < 0.5
+        ce = cd[:, self.slot_stage] if self.coupled else rng.random((n, self.n_slots)) < 0.5
+        return ArchArrays(
+            np.where(ck, a.ks, b.ks),
+            np.where(ce, a.e, b.e),
+            np.where(cd, a.d, b.d),
+            np.where(cr, a.r, b.r),
+        )
+
+    def enumerate(self) -> ArchArrays:
+        """Every member (only for small spaces), resolution outermost."""
+        per_stage: list[list[tuple[int, list[int], list[int]]]] = []
+        for st, size in enumerate(self.space.stage_sizes):
+            start = int(np.sum(self.space.stage_sizes[:st]))
+            variants = []
+            for depth, ce in _stage_genes(self.space, st):
+                kset = [self.space.kernel_choices[start + j] for j in range(depth)]
+                eset = [[ce]] * depth if ce is not None else [self.space.expand_choices] * depth
+                for kk in _product(kset):
+                    for ee in _product(eset):
+                        pad = size - depth
+                        variants.append((depth, kk + [kk[-1]] * pad, ee + [ee[-1]] * pad))
+            per_stage.append(variants)
+        # Build the cartesian product as index arrays, then gather per stage.
+        counts = [len(v) for v in per_stage]
+        grids = np.indices(counts).reshape(len(counts), -1).T
+        m = grids.shape[0]
+        ks = np.zeros((m, self.n_slots), dtype=np.int64)
+        e = np.zeros((m, self.n_slots), dtype=np.int64)
+        d = np.zeros((m, self.n_stages), dtype=np.int64)
+        start = 0
+        for st, variants in enumerate(per_stage):
+            size = self.space.stage_sizes[st]
+            vd = np.array([v[0] for v in variants])
+            vk = np.array([v[1] for v in variants])
+            ve = np.array([v[2] for v in variants])
+            d[:, st] = vd[grids[:, st]]
+            ks[:, start : start + size] = vk[grids[:, st]]
+            e[:, start : start + size] = ve[grids[:, st]]
+            start += size
+        nr = len(self.res)
+        return ArchArrays(
+            np.tile(ks, (nr, 1)), np.tile(e, (nr, 1)), np.tile(d, (nr, 1)), np.repeat(self.res, m)
+        )
+
+
+def _product(sets: Sequence[Sequence[int]]) -> list[list[int]]:
+    out: list[list[int]] = [[]]
+    for s in sets:
+        out = [[*p, int(x)] for p in out for x in s]
+    return out
+
+
+def _pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(r) for r in rows)
+    tab = np.array([list(r) + [r[-1]] * (width - len(r)) for r in rows], dtype=np.int64)
+    return tab, np.array([len(r) for r in rows], dtype=np.int64)
+
+
+def take(a: ArchArrays, idx: np.ndarray) -> ArchArrays:
+    return ArchArrays(a.ks[idx], a.e[idx], a.d[idx], a.r[idx])
+
+
+def concat(parts: Sequence[ArchArrays]) -> ArchArrays:
+    return ArchArrays(
+        np.concatenate([p.ks for p in parts]),
+        np.concatenate([p.e for p in parts]),
+        np.concatenate([p.d for p in parts]),
+        np.concatenate([p.r for p in parts]),
+    )
+
+
+def to_arch(a: ArchArrays, i: int, stage_sizes: tuple[int, ...]) -> Arch:
+    return Arch(
+        tuple(int(x) for x in a.ks[i]),
+        tuple(int(x) for x in a.e[i]),
+        tuple(int(x) for x in a.d[i]),
+        int(a.r[i]),
+        stage_sizes,
+    )
+
+
+# =============================================================================== pricing
+
+
+def arch_keys(a: ArchArrays, stage_sizes: tuple[int, ...]) -> list[bytes]:
+    """One exact byte key per row; genes of inactive slots are masked out, so archs that run
+    the same layers share a key."""
+    act = active_mask(a.d, stage_sizes)
+    mat = np.concatenate(
+        [np.where(act, a.ks, 0), np.where(act, a.e, 0), a.d, a.r[:, None]], axis=1
+    ).astype(np.int16)
+    return np.ascontiguousarray(mat).view(np.dtype((np.void, 2 * mat.shape[1]))).ravel().tolist()
+
+
+class CachedScore:
+    """Memoizes an accuracy source by arch: late in an evolution most children (about 80% in
+    OFA's setting) repeat archs already scored, and the predictor forward is the main cost."""
+
+    def __init__(self, source: AccuracySource, stage_sizes: tuple[int, ...]) -> None:
+        self.source, self.stage_sizes = source, stage_sizes
+        self._memo: dict[bytes, float] = {}
+        self.calls = 0
+        self.scored = 0
+
+    def __call__(self, a: ArchArrays) -> np.ndarray:
+        keys = arch_keys(a, self.stage_sizes)
+        self.calls += len(keys)
+        memo = self._memo
+        new: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k not in memo and k not in new:
+                new[k] = i
+        if new:
+            idx = np.fromiter(new.values(), dtype=np.int64, count=len(new))
+            vals = np.asarray(self.source.score(take(a, idx)), dtype=np.float64)
+            memo.update(zip(new.keys(), vals.tolist(), strict=True))
+            self.scored += len(new)
+        return np.fromiter((memo[k] for k in keys), dtype=np.float64, count=len(keys))
+
+
+class Pricer:
+    """Prices gene arrays with a latency source: through its additive model when it has one
+    (verified on random members first), else per new arch with memoization."""
+
+    def __init__(
+        self,
+        source: LatencySource,
+        space: SearchSpace,
+        rng: np.random.Generator | None = None,
+        verify: int = 16,
+    ) -> None:
+        self.source, self.space = source, space
+        self.model: AdditiveModel | None = None
+        self._memo: dict[Arch, float] = {}
+        make = getattr(source, "additive", None)
+        if make is not None:
+            self.model = make(space)
+            if verify:
+                self._verify(rng or np.random.default_rng(0), verify)
+
+    def _verify(self, rng: np.random.Generator, n: int) -> None:
+        assert self.model is not None
+        probe = Genome(self.space).sample(n, rng)
+        archs = [to_arch(probe, i, self.space.stage_sizes) for i in range(n)]
+        want = np.asarray(self.source.latency_ms(archs), dtype=np.float64)
+        got = self.model.evaluate(probe)
+        if not np.allclose(got, want, rtol=1e-6, atol=1e-9):
+            worst = float(np.max(np.abs(got - want)))
+            raise SearchError(
+                f"the latency source {self.source.name} is not additive over layers as "
+                f"expected (difference up to {worst:.4g} {self.source.unit}); this is a bug"
+            )
+
+    def __call__(self, a: ArchArrays) -> np.ndarray:
+        if self.model is not None:
+            out = self.model.evaluate(a)
+            if np.isnan(out).any():
+                # Let the source name the missing keys in its own words.
+                i = int(np.nonzero(np.isnan(out))[0][0])
+                self.source.latency_ms([to_arch(a, i, self.space.stage_sizes)])
+                raise SearchError(f"{self.source.name} cannot price some archs of the space")
+            return out
+        archs = [to_arch(a, i, self.space.stage_sizes) for i in range(len(a))]
+        new = [x for x in dict.fromkeys(archs) if x not in self._memo]
+        if new:
+            for x, v in zip(new, self.source.latency_ms(new), strict=True):
+                self._memo[x] = float(v)
+        return np.array([self._memo[x] for x in archs], dtype=np.float64)
+
+    def fastest(self) -> tuple[Arch, float]:
+        """The fastest member: exact for additive sources, else the fastest of the smallest
+        arch at each resolution (the fastest that exists under any sane cost)."""
+        sp = self.space
+        if self.model is None:
+            cands = [sp.smallest(r) for r in sp.resolutions]
+            cost = self.source.latency_ms(cands)
+            i = int(np.argmin(cost))
+            return cands[i], float(cost[i])
+        g = Genome(sp)
+        best: tuple[float, ArchArrays] | None = None
+        m = self.model
+        for r in sp.resolutions:
+            ri = m.resolutions.index(r)
+            ks = np.zeros(g.n_slots, dtype=np.int64)
+            es = np.zeros(g.n_slots, dtype=np.int64)
+            d = np.zeros(g.n_stages, dtype=np.int64)
+            start = 0
+            for st, size in enumerate(sp.stage_sizes):
+                choice = None
+                for depth, ce in _stage_genes(sp, st):
+                    cost, kk, ee = 0.0, [], []
+                    exps = [ce] if ce is not None else list(sp.expand_choices)
+                    for j in range(size):
+                        s = start + j
+                        opts = [
+                            (m.per_slot[ri, s, m.kernels.index(k), m.expands.index(x)], k, x)
+                            for k in sp.kernel_choices[s]
+                            for x in exps
+                        ]
+                        v, k, x = min(opts, key=lambda o: np.nan_to_num(o[0], nan=np.inf))
+                        kk.append(k)
+                        ee.append(x)
+                        if j < depth:
+                            cost += v
+                    if choice is None or cost < choice[0]:
+                        choice = (cost, depth, kk, ee)
+                assert choice is not None
+                d[st] = choice[1]
+                ks[start : start + size] = choice[2]
+                es[start : start + size] = choice[3]
+                start += size
+            arr = ArchArrays(ks[None], es[None], d[None], np.array([r]))
+            total = float(self(arr)[0])
+            if best is None or total < best[0]:
+                best = (total, arr)
+        assert best is not None
+        return to_arch(best[1], 0, sp.stage_sizes), best[0]
+
+
+# =============================================================================== search
+
+
+#: Candidates drawn per infeasible child in each redraw round.
+RESAMPLE_DRAWS = 2
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """OFA's EvolutionFinder defaults; ``generations`` is its ``max_time_budget``."""
+
+    population_size: int = 100
+    generations: int = 500
+    parent_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    mutate_prob: float = 0.1
+    #: rounds of redrawing infeasible children before a child falls back to its parent
+    resample_rounds: int = 10
+
+    def __post_init__(self) -> None:
+        if self.population_size < 2 or self.generations < 0:
+            raise SearchError("population_size must be >= 2 and generations >= 0")
+        if not 0 < self.parent_ratio <= 1 or not 0 <= self.mutation_ratio <= 1:
+            raise SearchError("parent_ratio must be in (0, 1] and mutation_ratio in [0, 1]")
+        if not 0 <= self.mutate_prob <= 1:
+            raise SearchError("mutate_prob must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """The best arch found for one target (``arch`` is None when the target is infeasible)."""
+
+    target: float
+    arch: Arch | None
+    score: float
+    cost: float
+    seconds: float
+    feasible: bool
+    message: str = ""
+
+
+@dataclass
+class SearchOutcome:
+    space: str
+    method: str
+    score_label: str
+    score_is_proxy: bool
+    cost_label: str
+    unit: str
+    results: list[TargetResult]
+    #: accuracy-vs-cost Pareto frontier of the archs seen: (arch, score, cost), cost ascending
+    frontier: list[tuple[Arch, float, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    fastest: tuple[Arch, float] | None = None
+
+
+def pareto_front(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points (lower cost, higher score), by ascending cost."""
+    order = np.lexsort((-score, cost))
+    keep: list[int] = []
+    best = -math.inf
+    for i in order:
+        if score[i] > best:
+            keep.append(int(i))
+            best = float(score[i])
+    return np.asarray(keep, dtype=np.int64)
+
+
+def parse_targets(text: str) -> list[float]:
+    """``"15,20,25"`` -> [15.0, 20.0, 25.0]; positive and finite."""
+    out: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise SearchError(f"target {part!r} is not a number (use e.g. 15,20,25)") from None
+        if not math.isfinite(v) or v <= 0:
+            raise SearchError(f"target {part!r} must be a positive number")
+        out.append(v)
+    if not out:
+        raise SearchError("no targets given (use e.g. --latency 15,20,25)")
+    return out
+
+
+def search(
+    space: SearchSpace,
+    accuracy: AccuracySource,
+    cost: LatencySource,
+    targets: Sequence[float],
+    rng: np.random.Generator,
+    method: str = "auto",
+    config: EvolutionConfig = EvolutionConfig(),
+    exhaustive_limit: int = 200_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> SearchOutcome:
+    """Best arch per target under ``cost <= target``, plus the Pareto frontier.
+
+    ``method``: ``exhaustive``, ``evolution`` or ``auto`` (exhaustive when the space times its
+    resolutions has at most ``exhaustive_limit`` members).
+    """
+    started = time.perf_counter()
+    targets = [float(t) for t in targets]
+    if not targets:
+        raise SearchError("no targets given")
+    if method == "auto":
+        method = "exhaustive" if space.size() <= exhaustive_limit else "evolution"
+    if method not in ("exhaustive", "evolution"):
+        raise SearchError(f"unknown search method {method!r}: exhaustive, evolution or auto")
+    if method == "exhaustive" and space.size() > exhaustive_limit:
+        raise SearchError(
+            f"space {space.name} has {space.size():,} members with its resolutions; exhaustive "
+            f"search is limited to {exhaustive_limit:,}: use evolution"
+        )
+    pricer = Pricer(cost, space, rng)
+    fastest_arch, fastest_cost = pricer.fastest()
+    if method == "exhaustive":
+        outcome = _exhaustive(space, accuracy, pricer, targets, started)
+    else:
+        outcome = _evolve(
+            space, accuracy, pricer, targets, rng, config, fastest_arch, fastest_cost, progress
+        )
+    outcome.fastest = (fastest_arch, fastest_cost)
+    outcome.results = [
+        r if r.feasible or r.message else _infeasible(r, fastest_cost, cost.unit)
+        for r in outcome.results
+    ]
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _infeasible(r: TargetResult, fastest: float, unit: str) -> TargetResult:
+    msg = (
+        f"no member meets {r.target:g} {unit}: the fastest member costs {fastest:.3f} {unit}; "
+        f"choose a target of at least {fastest:.3f} {unit}"
+    )
+    return TargetResult(r.target, None, math.nan, math.nan, r.seconds, False, msg)
+
+
+def _exhaustive(
+    space: SearchSpace,
+    accuracy: AccuracySource,
+    pricer: Pricer,
+    targets: list[float],
+    started: float,
+) -> SearchOutcome:
+    g = Genome(space)
+    every = g.enumerate()
+    score = np.asarray(accuracy.score(every), dtype=np.float64)
+    cost = pricer(every)
+    shared = time.perf_counter() - started
+    results = []
+    for t in targets:
+        t0 = time.perf_counter()
+        ok = np.nonzero(cost <= t)[0]
+        if ok.size == 0:
+            results.append(TargetResult(t, None, math.nan, math.nan, 0.0, False))
+            continue
+        # ties: the cheaper arch wins
+        best = ok[np.lexsort((cost[ok], -score[ok]))[0]]
+        results.append(
+            TargetResult(
+                t,
+                to_arch(every, int(best), space.stage_sizes),
+                float(score[best]),
+                float(cost[best]),
+                shared / len(targets) + time.perf_counter() - t0,
+                True,
+            )
+        )
+    front = pareto_front(score, cost)
+    frontier = [
+        (to_arch(every, int(i), space.stage_sizes), float(score[i]), float(cost[i])) for i in front
+    ]
+    return SearchOutcome(
+        space.name,
+        "exhaustive",
+        accuracy.label,
+        accuracy.is_proxy,
+        pricer.source.name,
+        pricer.source.unit,
+        results,
+        frontier,
+    )
+
+
+def _evolve(
+    space: SearchSpace,
+    accuracy: AccuracySource,
+    pricer: Pricer,
+    targets: list[float],
+    rng: np.random.Generator,
+    cfg: EvolutionConfig,
+    fastest_arch: Arch,
+    fastest_cost: float,
+    progress: Callable[[int, int], None] | None,
+) -> SearchOutcome:
+    g = Genome(space)
+    score = CachedScore(accuracy, space.stage_sizes)
+    feasible_targets = [t for t in targets if t >= fastest_cost]
+    results: dict[float, TargetResult] = {
+        t: TargetResult(t, None, math.nan, math.nan, 0.0, False)
+        for t in targets
+        if t < fastest_cost
+    }
+    frontier: list[tuple[Arch, float, float]] = []
+    if feasible_targets:
+        t_arr = np.asarray(feasible_targets)
+        nt, pop = len(t_arr), cfg.population_size
+        n_par = max(1, round(cfg.parent_ratio * pop))
+        n_mut = round(cfg.mutation_ratio * pop)
+        t0 = time.perf_counter()
+        fast = ArchArrays(
+            np.array([fastest_arch.ks]),
+            np.array([fastest_arch.e]),
+            np.array([fastest_arch.d]),
+            np.array([fastest_arch.resolution]),
+        )
+        # ---- initial population: uniform samples that meet each target
+        limit = np.repeat(t_arr, pop)
+        cand = g.sample(nt * pop, rng)
+        cand_cost = pricer(cand)
+        for _ in range(cfg.resample_rounds):
+            bad = np.nonzero(cand_cost > limit)[0]
+            if bad.size == 0:
+                break
+            redo = g.sample(bad.size, rng)
+            cand = _put(cand, bad, redo)
+            cand_cost[bad] = pricer(redo)
+        bad = np.nonzero(cand_cost > limit)[0]
+        if bad.size:  # tight targets: seed with the fastest member (always feasible here)
+            cand = _put(cand, bad, take(fast, np.zeros(bad.size, dtype=np.int64)))
+            cand_cost[bad] = fastest_cost
+        popu, pcost = cand, cand_cost
+        pscore = score(popu)
+        m = pop  # members per target in the current population
+        best_score = np.full(nt, -np.inf)
+        best: list[tuple[ArchArrays, float, float] | None] = [None] * nt
+
+        def track(p: ArchArrays, sc: np.ndarray, co: np.ndarray, per: int) -> None:
+            s2 = sc.reshape(nt, per)
+            j = np.argmax(s2, axis=1)
+            for ti in range(nt):
+                if s2[ti, j[ti]] > best_score[ti]:
+                    best_score[ti] = s2[ti, j[ti]]
+                    k = ti * per + int(j[ti])
+                    best[ti] = (take(p, np.array([k])), float(sc[k]), float(co[k]))
+
+        track(popu, pscore, pcost, m)
+        rows = np.arange(nt)[:, None]
+        is_mut = np.tile(np.arange(pop) < n_mut, nt)
+        lim = np.repeat(t_arr, pop)
+        for gen in range(cfg.generations):
+            # parents: the top n_par of each target's population
+            s2 = pscore.reshape(nt, m)
+            top = np.argsort(-s2, axis=1, kind="stable")[:, :n_par]
+            par_idx = (rows * m + top).reshape(-1)
+            parents = take(popu, par_idx)
+            par_cost, par_score = pcost[par_idx], pscore[par_idx]
+            # children: per target, n_mut mutations then crossovers, of random parents of
+            # that target (a mutation uses its first parent only)
+            pa_i = (rows * n_par + rng.integers(n_par, size=(nt, pop))).reshape(-1)
+            pb_i = (rows * n_par + rng.integers(n_par, size=(nt, pop))).reshape(-1)
+            pa, pb = take(parents, pa_i), take(parents, pb_i)
+            kids = _breed(g, pa, pb, is_mut, rng, cfg.mutate_prob)
+            kid_cost = pricer(kids)
+            for _ in range(cfg.resample_rounds):
+                bad = np.nonzero(kid_cost > lim)[0]
+                if bad.size == 0:
+                    break
+                # several draws per infeasible child at once: fewer, larger numpy calls
+                rep = np.repeat(bad, RESAMPLE_DRAWS)
+                redo = _breed(g, take(pa, rep), take(pb, rep), is_mut[rep], rng, cfg.mutate_prob)
+                ok = (pricer(redo) <= lim[rep]).reshape(-1, RESAMPLE_DRAWS)
+                hit = ok.any(axis=1)
+                first = np.argmax(ok, axis=1)[hit] + np.nonzero(hit)[0] * RESAMPLE_DRAWS
+                if first.size:
+                    chosen = take(redo, first)
+                    kids = _put(kids, bad[hit], chosen)
+                    kid_cost[bad[hit]] = pricer(chosen)
+            # still infeasible after bounded redraws: the child is a copy of its first parent
+            bad = np.nonzero(kid_cost > lim)[0]
+            if bad.size:
+                kids = _put(kids, bad, take(pa, bad))
+                kid_cost[bad] = par_cost[pa_i[bad]]
+            kid_cost = kid_cost.reshape(nt, pop)
+            kid_score = score(kids)
+            track(kids, kid_score, kid_cost.reshape(-1), pop)
+            # population = parents + children, per target
+            popu = _interleave(parents, kids, nt, n_par, pop)
+            pcost = np.concatenate([par_cost.reshape(nt, -1), kid_cost], 1).reshape(-1)
+            pscore = np.concatenate(
+                [par_score.reshape(nt, -1), kid_score.reshape(nt, -1)], 1
+            ).reshape(-1)
+            m = n_par + pop
+            if progress is not None:
+                progress(gen + 1, cfg.generations)
+        per_target_s = (time.perf_counter() - t0) / nt
+        for ti, t in enumerate(feasible_targets):
+            b = best[ti]
+            assert b is not None
+            results[t] = TargetResult(
+                t, to_arch(b[0], 0, space.stage_sizes), b[1], b[2], per_target_s, True
+            )
+        # frontier over the final populations and the winners
+        pool = concat([popu] + [b[0] for b in best if b is not None])
+        psc = np.concatenate([pscore, [b[1] for b in best if b is not None]])
+        pco = np.concatenate([pcost, [b[2] for b in best if b is not None]])
+        front = pareto_front(psc, pco)
+        seen: set[Arch] = set()
+        for i in front:
+            a = to_arch(pool, int(i), space.stage_sizes)
+            if a not in seen:
+                seen.add(a)
+                frontier.append((a, float(psc[i]), float(pco[i])))
+    return SearchOutcome(
+        space.name,
+        "evolution",
+        accuracy.label,
+        accuracy.is_proxy,
+        pricer.source.name,
+        pricer.source.unit,
+        [results[t] for t in targets],
+        frontier,
+    )
+
+
+def _breed(
+    g: Genome,
+    pa: ArchArrays,
+    pb: ArchArrays,
+    is_mut: np.ndarray,
+    rng: np.random.Generator,
+    prob: float,
+) -> ArchArrays:
+    """Mutants of ``pa`` where ``is_mut``, crossovers of ``pa`` and ``pb`` elsewhere."""
+    mut, crs = g.mutate(pa, rng, prob), g.crossover(pa, pb, rng)
+    w1, w2 = is_mut[:, None], is_mut
+    return ArchArrays(
+        np.where(w1, mut.ks, crs.ks),
+        np.where(w1, mut.e, crs.e),
+        np.where(w1, mut.d, crs.d),
+        np.where(w2, mut.r, crs.r),
+    )
+
+
+def _put(a: ArchArrays, idx: np.ndarray, b: ArchArrays) -> ArchArrays:
+    ks, e, d, r = a.ks.copy(), a.e.copy(), a.d.copy(), a.r.copy()
+    ks[idx], e[idx], d[idx], r[idx] = b.ks, b.e, b.d, b.r
+    return ArchArrays(ks, e, d, r)
+
+
+def _interleave(a: ArchArrays, b: ArchArrays, groups: int, na: int, nb: int) -> ArchArrays:
+    """Rows grouped per target: a's ``na`` rows then b's ``nb`` rows for each group."""
+
+    def cat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        xs = x.reshape(groups, na, *x.shape[1:])
+        ys = y.reshape(groups, nb, *y.shape[1:])
+        return np.concatenate([xs, ys], axis=1).reshape(groups * (na + nb), *x.shape[1:])
+
+    return ArchArrays(cat(a.ks, b.ks), cat(a.e, b.e), cat(a.d, b.d), cat(a.r, b.r))
