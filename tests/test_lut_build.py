@@ -93,19 +93,19 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
 
     lut = workdir / "t.json"
     report = validate_table(
-        lut, workdir / "dev.toml", "compofa", n_sample=4, n_calibrate=3, seed=1,
+        lut, workdir / "dev.toml", "compofa", n_sample=3, n_calibrate=3, seed=1,
         store_path=workdir / "s.db", plot=workdir / "p.png", show_progress=False,
     )  # fmt: skip
-    assert report["n"] == 4 and len(report["archs"]) == 4
-    assert report["measurement"]["measured_now"] == 7
+    assert report["n"] == 3 and len(report["archs"]) == 3
+    assert report["measurement"]["measured_now"] == 6
     for block in ("uncalibrated", "calibrated"):
         assert 0 <= report[block]["within_10pct"] <= 1 and report[block]["rmse_ms"] >= 0
     saved = LatencyTable.load(lut)
     assert saved.calibration is not None and saved.calibration.fitted_on == 3
-    assert saved.calibration.validation["n"] == 4
+    assert saved.calibration.validation["n"] == 3
     # The calibration is applied to predictions and the validation archs are not its fit set.
     val_keys = {row["key"] for row in report["archs"]}
-    arch = spaces.get("compofa", [RES]).sample_many(7, np.random.default_rng(1))[0]
+    arch = spaces.get("compofa", [RES]).sample_many(6, np.random.default_rng(1))[0]
     assert arch.key() in val_keys
     raw = float(saved.predict_ms(arch, calibrated=False)[0])
     c = saved.calibration
