@@ -116,7 +116,7 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
         lut,
         workdir / "dev.toml",
         "compofa",
-        n_sample=4,
+        n_sample=3,
         seed=1,
         store_path=workdir / "s.db",
         show_progress=False,
