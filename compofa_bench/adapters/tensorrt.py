@@ -67,7 +67,7 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError:
         raise MissingDependencyError(
-            "tensorrt", "tensorrt", "the tensorrt device (NVIDIA GPU + TensorRT 10)"
+            "tensorrt", "tensorrt", "the tensorrt device (NVIDIA GPU + TensorRT 10 or newer)"
         ) from None
     major = int(str(trt.__version__).split(".")[0])
     if major < MIN_TENSORRT_MAJOR:
@@ -451,6 +451,8 @@ class TensorRTAdapter(Adapter):
                 outputs[name] = t
                 context.set_tensor_address(name, t.data_ptr())
         stream = self.stream
+        # The buffers were filled on the default stream; the engine runs on ours.
+        torch.cuda.synchronize(self.device)
 
         def step() -> None:
             context.execute_async_v3(stream.cuda_stream)
