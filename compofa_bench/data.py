@@ -16,6 +16,7 @@ loader serves elastic resolution.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 from collections.abc import Iterator, Sequence
@@ -96,6 +97,7 @@ _FMNIST_FILES = {
 }
 
 
+@functools.lru_cache(maxsize=8)  # tests and evaluate reopen the same files
 def _read_idx(path: Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as fh:
