@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compofa_bench.adapters.gpu_options import (
     DriftThresholds,
@@ -429,3 +431,38 @@ def test_require_cuda_error_without_a_gpu() -> None:
         DeviceError, match=r"device x needs an NVIDIA GPU.*is_available\(\) is False"
     ):
         require_cuda(0, "device x")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    run_s=st.sampled_from([0.0625, 0.125, 0.25, 0.5, 1.0, 2.0]),
+    warmup_runs=st.integers(0, 30),
+    warmup_min_s=st.sampled_from([0.0, 0.5, 1.0, 4.0]),
+    min_runs=st.integers(1, 200),
+    min_s=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    extra_s=st.sampled_from([0.0, 1.0, 8.0]),
+)
+def test_chunked_loop_takes_as_many_runs_as_measure_timed_loop(
+    run_s, warmup_runs, warmup_min_s, min_runs, min_s, extra_s
+) -> None:
+    # The CUDA loop must stop where the project-wide rule (measure.timed_loop) stops. Run
+    # times are powers of two so both clocks add up exactly.
+    from compofa_bench.measure import timed_loop
+
+    protocol = Protocol(
+        warmup_runs=warmup_runs,
+        warmup_min_s=warmup_min_s,
+        min_runs=min_runs,
+        min_s=min_s,
+        max_s=min_s + extra_s + 0.5,
+    )
+    now = [0.0]
+
+    def one_run() -> None:
+        now[0] += run_s
+
+    ref = timed_loop(one_run, protocol, clock=lambda: now[0])
+    gpu = SimulatedGpu(run_ms=run_s * 1e3, sync_ms=0.0)
+    got = chunked_timed_loop(gpu, protocol, gpu.clock)
+    assert len(got.warmup_ms) == len(ref.warmup_ms)
+    assert len(got.samples_ms) == len(ref.samples_ms)
