@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 DEFAULT_OPSET = 17
+
+# Tracing export and torch's thread setting are process-wide: workers of several devices
+# export one at a time (exports are short and mostly Python, so little is lost).
+_EXPORT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -66,12 +71,12 @@ def to_onnx(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     was_training = module.training
     module.eval()
     dummy = torch.zeros(*input_shape, dtype=torch.float32)
     try:
-        with torch.no_grad(), warnings.catch_warnings(), torch_threads(1):
+        with _EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings(), torch_threads(1):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
@@ -98,23 +103,67 @@ def cached_onnx(
     cache_key: str,
     cache_dir: str | Path | None = None,
     opset: int = DEFAULT_OPSET,
-) -> tuple[Path, bool, float]:
-    """The ONNX file for ``cache_key``, exported only if absent. Returns
-    ``(path, fresh, export_s)``; ``fresh`` is True when it was exported now."""
+    parity: bool = True,
+) -> tuple[Path, bool, dict[str, float]]:
+    """The ONNX file for ``cache_key``, exported (and parity-checked) only if absent.
+
+    Returns ``(path, fresh, seconds)`` with ``seconds = {"export_s", "parity_s"}``; ``fresh``
+    is True when it was exported now. A new file is checked against ``module`` before it is
+    published, under a lock shared by threads and processes, so the cache never holds a file
+    that failed parity or that another worker swapped in the middle of a check.
+    """
     import torch
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
     ident = f"{cache_key}|shape={tuple(input_shape)}|opset={opset}|torch={torch.__version__}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
     path = cache_dir / f"{digest}.onnx"
+    seconds = {"export_s": 0.0, "parity_s": 0.0}
     if path.is_file():
-        return path, False, 0.0
-    t0 = time.perf_counter()
+        return path, False, seconds
     try:
-        to_onnx(module, input_shape, path, opset)
-    except PermissionError as exc:
-        raise ExportError(f"cannot write the ONNX cache {cache_dir}: {exc}") from None
-    return path, True, time.perf_counter() - t0
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create the ONNX cache {cache_dir}: {exc}") from None
+    with _path_lock(cache_dir / f".{digest}.lock"):
+        if path.is_file():  # another worker made it while we waited
+            return path, False, seconds
+        staging = cache_dir / f".{digest}.{os.getpid()}.{threading.get_ident()}.onnx"
+        try:
+            t0 = time.perf_counter()
+            to_onnx(module, input_shape, staging, opset)
+            seconds["export_s"] = time.perf_counter() - t0
+            if parity:
+                t0 = time.perf_counter()
+                check_onnx_parity(module, staging, input_shape)
+                seconds["parity_s"] = time.perf_counter() - t0
+            os.replace(staging, path)
+        finally:
+            staging.unlink(missing_ok=True)
+    return path, True, seconds
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _path_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive across threads (a lock per path) and processes (flock, where available)."""
+    with _THREAD_LOCKS_GUARD:
+        tlock = _THREAD_LOCKS.setdefault(str(lock_path), threading.Lock())
+    with tlock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: threads are still serialized
+            yield
+            return
+        with open(lock_path, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def check_onnx_parity(
@@ -137,7 +186,7 @@ def check_onnx_parity(
     x = rng.standard_normal(input_shape, dtype=np.float32)
     was_training = module.training
     module.eval()
-    with torch.no_grad(), torch_threads(1):
+    with _EXPORT_LOCK, torch.no_grad(), torch_threads(1):
         ref = module(torch.from_numpy(x)).detach().cpu().numpy()
     module.train(was_training)
     so = ort.SessionOptions()

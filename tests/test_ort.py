@@ -99,6 +99,39 @@ def test_cached_onnx_keys_on_shape(tmp_path: Path) -> None:
     b, fresh_b, _ = cached_onnx(tiny(), (1, 3, 16, 16), "k", tmp_path)
     c, fresh_c, _ = cached_onnx(tiny(), (1, 3, 24, 24), "k", tmp_path)
     assert a == b != c and fresh_a and not fresh_b and fresh_c
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == sorted([a.name, c.name])
+
+
+def test_cache_never_publishes_a_failed_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import compofa_bench.convert as convert
+
+    def wrong_export(module: nn.Module, shape: tuple[int, ...], path: Path, opset: int) -> Path:
+        return to_onnx(tiny(seed=7), shape, path, opset)  # not the module asked for
+
+    monkeypatch.setattr(convert, "to_onnx", wrong_export)
+    with pytest.raises(ExportError, match="parity"):
+        cached_onnx(tiny(0), (1, 3, 16, 16), "k", tmp_path)
+    assert list(tmp_path.glob("*.onnx")) == []
+
+
+def test_concurrent_workers_share_one_export(tmp_path: Path) -> None:
+    import threading
+
+    results: list[tuple[Path, bool]] = []
+
+    def work(seed: int) -> None:
+        # different random weights, same cache key: each worker's check must see its own file
+        path, fresh, _ = cached_onnx(tiny(seed), (1, 3, 16, 16), "shared", tmp_path)
+        results.append((path, fresh))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({p for p, _ in results}) == 1 and sum(f for _, f in results) == 1
 
 
 def test_describe_and_threads(tmp_path: Path) -> None:

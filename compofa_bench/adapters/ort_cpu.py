@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compofa_bench.adapters.base import Adapter, Prepared, Timing, Workload
-from compofa_bench.convert import DEFAULT_OPSET, cached_onnx, check_onnx_parity
+from compofa_bench.convert import DEFAULT_OPSET, cached_onnx
 from compofa_bench.errors import DeviceError, MeasurementError, MissingDependencyError
 from compofa_bench.measure import Protocol, timed_loop
 
@@ -132,14 +132,14 @@ class OrtCpuAdapter(Adapter):
         )
 
     def prepare(self, workload: Workload) -> Prepared:
-        path, fresh, export_s = cached_onnx(
-            workload.module, workload.input_shape, workload.cache_key, self.cache_dir, self.opset
+        path, _fresh, seconds = cached_onnx(
+            workload.module,
+            workload.input_shape,
+            workload.cache_key,
+            self.cache_dir,
+            self.opset,
+            parity=self.parity_check,
         )
-        parity_s = 0.0
-        if fresh and self.parity_check:
-            t0 = time.perf_counter()
-            check_onnx_parity(workload.module, path, workload.input_shape)
-            parity_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         # Linux affinity is per thread and inherited: pin while ORT spawns its thread pool so
         # the intra-op threads land on the chosen CPUs too.
@@ -153,7 +153,7 @@ class OrtCpuAdapter(Adapter):
             workload=workload,
             handle=sess,
             artifact_path=str(path),
-            prepare_s={"export_s": export_s, "parity_s": parity_s, "session_s": session_s},
+            prepare_s={**seconds, "session_s": session_s},
         )
 
     # ----------------------------------------------------------------- time

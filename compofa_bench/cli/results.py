@@ -81,7 +81,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         "runs",
         "status",
     ):
-        table.add_column(col, justify="right" if col not in ("device", "workload") else "left")
+        if col in ("device", "workload"):
+            table.add_column(col, overflow="fold")  # keys are worth reading whole
+        else:
+            table.add_column(col, justify="right")
     for r in rows:
         status = r["status"] if r["status"] == "failed" else ("unstable" if r["unstable"] else "ok")
         style = {"failed": "red", "unstable": "yellow"}.get(status)
