@@ -116,6 +116,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_leaves_store_consistent_and_rerun_resumes(tmp_path: Path) -> None:
     db, cache = tmp_path / "r.db", tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(db), str(cache)],
@@ -166,6 +167,7 @@ def test_two_devices_one_store(tmp_path: Path) -> None:
     assert all(json.loads(r["arch_json"])["r"] == [128] for r in rows)
 
 
+@pytest.mark.slow
 def test_profile_real_subnets(tmp_path: Path) -> None:
     """End to end with the supernet: random-init subnets, exported, parity-checked, timed."""
     archs = select_archs("compofa", sample=2, seed=1, resolutions=[128])
