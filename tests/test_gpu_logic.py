@@ -198,6 +198,19 @@ def test_loop_warmup_by_seconds_and_no_warmup() -> None:
     assert res.warmup_ms == []
 
 
+def test_after_warmup_hook_runs_once_between_the_phases() -> None:
+    gpu = SimulatedGpu(run_ms=3.0)
+    seen: list[int] = []
+    res = chunked_timed_loop(
+        gpu,
+        _protocol(warmup_runs=7, min_runs=11),
+        gpu.clock,
+        after_warmup=lambda: seen.append(sum(gpu.chunks)),
+    )
+    assert seen == [len(res.warmup_ms)]
+    assert sum(gpu.chunks) == len(res.warmup_ms) + len(res.samples_ms)
+
+
 def test_loop_rejects_a_runner_that_loses_samples() -> None:
     with pytest.raises(MeasurementError, match="asked for 1 runs, got 0"):
         chunked_timed_loop(lambda n: [], _protocol())

@@ -154,11 +154,15 @@ class CudaTorchAdapter(Adapter):
             if not is_oom(exc):
                 raise
         if timing is None:
+            del loaded  # the search below needs this memory back
             self.release(prepared)
             raise self._oom_error(prepared.workload, prepared.workload.input_shape[0])
         return timing
 
     def release(self, prepared: Prepared) -> None:
+        # Wait for our stream before dropping the tensors: the allocator may hand their
+        # memory to another stream at once.
+        self.stream.synchronize()
         prepared.handle = None
         self._free()
 

@@ -78,6 +78,7 @@ def chunked_timed_loop(
     run_chunk: Callable[[int], list[float]],
     protocol: Protocol,
     clock: Callable[[], float] = time.perf_counter,
+    after_warmup: Callable[[], Any] | None = None,
 ) -> LoopResult:
     """Warm up, then time, under ``protocol``'s rule.
 
@@ -86,7 +87,8 @@ def chunked_timed_loop(
     The rule is :func:`compofa_bench.measure.timed_loop`'s: warmup lasts ``warmup_runs``
     runs and at least ``warmup_min_s`` seconds, the seconds capped by ``max_s``; timing lasts
     ``min_runs`` runs and at least ``min_s`` seconds, and stops at ``max_s`` (with at least
-    one sample) even when ``min_runs`` is not reached yet.
+    one sample) even when ``min_runs`` is not reached yet. ``after_warmup`` runs between the
+    phases (a telemetry snapshot of the warmed-up GPU); its time is not counted in either.
     """
     warmup_ms, warmup_s = _phase(
         run_chunk,
@@ -96,6 +98,8 @@ def chunked_timed_loop(
         clock,
         runs_before_cap=protocol.warmup_runs,
     )
+    if after_warmup is not None:
+        after_warmup()
     samples_ms, timed_s = _phase(
         run_chunk, max(1, protocol.min_runs), protocol.min_s, protocol.max_s, clock, 1
     )
@@ -329,16 +333,26 @@ def time_on_stream(
     from compofa_bench.adapters.base import Timing
     from compofa_bench.adapters.gpu_telemetry import telemetry_extra
 
-    before = telemetry.snapshot() if telemetry is not None else None
+    # Drift is judged over the timed phase only: an idle GPU before warmup runs at low clocks
+    # and would flag every model. The idle reading is kept as context.
+    idle = telemetry.snapshot() if telemetry is not None else None
+    warmed: list[Any] = []
     runner = CudaEventRunner(step, stream, h2d=h2d, d2h=d2h)
-    result = chunked_timed_loop(runner, protocol)
+    result = chunked_timed_loop(
+        runner,
+        protocol,
+        after_warmup=(lambda: warmed.append(telemetry.snapshot())) if telemetry else None,
+    )
     after = telemetry.snapshot() if telemetry is not None else None
+    before = warmed[0] if warmed else None
     extra: dict[str, Any] = {
         "timing": "cuda-events",
         "timed_wall_s": result.timed_s,
         "warmup_wall_s": result.warmup_s,
         **telemetry_extra(before, after, drift),
     }
+    if idle is not None and "telemetry" in extra:
+        extra["telemetry"]["before_warmup"] = idle.to_dict()
     n = len(result.samples_ms)
     if h2d is not None:
         # Copies of warmup runs come first in the runner's lists; keep the timed ones.

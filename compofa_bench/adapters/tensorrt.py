@@ -413,6 +413,7 @@ class TensorRTAdapter(Adapter):
         )
 
     def release(self, prepared: Prepared) -> None:
+        self.stream.synchronize()
         prepared.handle = None
         self._torch.cuda.synchronize(self.device)
         self._torch.cuda.empty_cache()
