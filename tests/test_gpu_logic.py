@@ -328,12 +328,15 @@ def test_cast_for_run_applies_precision_and_layout(precision: str, channels_last
     assert torch.allclose(out, ref, atol=tol, rtol=tol)
 
 
-def test_cast_for_run_is_seeded_and_checks_rank() -> None:
+def test_cast_for_run_is_seeded_and_handles_2d_inputs() -> None:
     _, a = cast_for_run(_net(), (1, 3, 4, 4), "fp32", False, "cpu", seed=3)
     _, b = cast_for_run(_net(), (1, 3, 4, 4), "fp32", False, "cpu", seed=3)
     assert torch.equal(a, b)
-    with pytest.raises(DeviceError, match="4-d NCHW"):
-        cast_for_run(_net(), (1, 3), "fp32", True, "cpu")
+    # A classifier timed alone (lut build) has an (N, C) input: channels_last is moot there.
+    head = nn.Linear(3, 4)
+    model, x = cast_for_run(head, (5, 3), "fp16", True, "cpu")
+    assert x.shape == (5, 3) and x.dtype == torch.float16 and x.is_contiguous()
+    assert model.weight.dtype == torch.float16
 
 
 def test_torch_flags_are_restored_even_on_error() -> None:

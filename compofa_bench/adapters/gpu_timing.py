@@ -182,12 +182,13 @@ def cast_for_run(
     """A copy of ``module`` and a random input, both on ``device`` in ``precision`` and
     memory format. The workload's own module is left untouched: callers reuse it (export,
     parity checks, the next adapter). The input is drawn on ``device`` itself, so a batch
-    too large for the GPU fails there (out of memory, handled) and not in host memory."""
+    too large for the GPU fails there (out of memory, handled) and not in host memory.
+    ``channels_last`` applies to 4-d inputs only; others keep their layout."""
     import torch
 
     dtype = dtype_for(precision)
-    if len(input_shape) != 4 and channels_last:
-        raise DeviceError(f"channels_last needs a 4-d NCHW input, got shape {input_shape}")
+    # Lookup tables time the classifier alone on an (N, C) input: no memory format applies.
+    channels_last = channels_last and len(input_shape) == 4
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = copy.deepcopy(module).eval()
     model = model.to(device=device, dtype=dtype)

@@ -91,17 +91,18 @@ def torch_dtype(torch: Any, trt_dtype_name: str) -> Any:
 def profile_shapes(
     input_shape: tuple[int, ...],
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) of the optimization profile for ``input_shape``.
+    """(min, opt, max) of the optimization profile for ``input_shape`` (NCHW, or (N, C) for a
+    classifier layer timed alone by ``lut build``).
 
     All three are the measured shape: the batch is fixed by the protocol, and an engine
     tuned for exactly that shape is what the papers' batch-64 numbers describe. A wider
     profile would let TensorRT pick kernels that are worse at the measured batch.
     """
     shape = tuple(input_shape)
-    if len(shape) != 4 or any(
-        not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape
-    ):
-        raise DeviceError(f"a TensorRT profile needs a positive NCHW shape, got {input_shape!r}")
+    if not shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape):
+        raise DeviceError(
+            f"a TensorRT profile needs a shape of positive integers, got {input_shape!r}"
+        )
     return shape, shape, shape
 
 
