@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -234,3 +235,22 @@ def test_profile_archs_fails_before_any_work_without_gpu(tmp_path) -> None:
             show_progress=False,
         )
     assert built == []
+
+
+@needs_gpu
+def test_lut_build_on_cuda_torch(tmp_path) -> None:
+    # Every layer kind, the (N, C) classifier included, goes through the adapter.
+    from compofa_bench import spaces
+    from compofa_bench.lut import LatencyTable
+    from compofa_bench.lut.build import build_table
+
+    space = spaces.get("compofa", (128,))
+    spec = _spec().with_protocol(FAST.replace(batch_size=8))
+    table, _ = build_table(
+        spec, space, batch_size=8, store_path=tmp_path / "r.db", out=tmp_path / "t.json",
+        show_progress=False,
+    )  # fmt: skip
+    archs = space.sample_many(5, np.random.default_rng(0))
+    predicted = LatencyTable.load(tmp_path / "t.json").predict_ms(archs)
+    assert np.all(np.isfinite(predicted)) and np.all(predicted > 0)
+    assert np.allclose(table.predict_ms(archs), predicted)  # the file holds what was built
