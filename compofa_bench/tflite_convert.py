@@ -69,11 +69,15 @@ def _interpreter_cls() -> Any:
 
 
 def converter_version() -> str:
-    """Versions that change the converted graph; part of every cache key."""
-    import torch
+    """Versions that change the converted graph; part of every cache key. Read from package
+    metadata: importing litert-torch takes seconds, and a cache hit must not pay for it."""
+    from importlib import metadata
 
-    lt = _litert_torch()
-    return f"litert-torch={lt.__version__};torch={torch.__version__}"
+    try:
+        lt = metadata.version("litert-torch")
+    except metadata.PackageNotFoundError:
+        raise MissingDependencyError("litert-torch", "tflite", "Converting to TFLite") from None
+    return f"litert-torch={lt};torch={metadata.version('torch')}"
 
 
 def default_cache_dir() -> Path:

@@ -620,7 +620,10 @@ class AdbDaemon:
         return self
 
     def _accept_loop(self) -> None:
-        self._server.settimeout(0.2)
+        try:
+            self._server.settimeout(0.2)
+        except OSError:
+            return  # stopped before the thread got going
         while not self._stop.is_set():
             try:
                 sock, _ = self._server.accept()
