@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${COMPOFA_VENV:-$ROOT/.venv}"
-EXTRAS="${COMPOFA_EXTRAS:-dev,tflite,android}"
+EXTRAS="${COMPOFA_EXTRAS:-dev,tflite,android,gpu}"
 
 # System packages the tests use: the adb client (to prove the test ADB daemon faithful) and
 # Fashion-MNIST (training tests, demo). Only attempted as root; tests skip without them.
