@@ -253,3 +253,208 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# =============================================================================== search job
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """Everything ``compofa-bench search`` does, as data (see :func:`run_search_job`)."""
+
+    space: str
+    targets: tuple[float, ...]
+    out_dir: str
+    lut: str | None = None
+    macs: bool = False
+    measure_latency: bool = False
+    predictor: str | None = None
+    accuracy_proxy: str | None = None
+    resolutions: tuple[int, ...] | None = None
+    method: str = "auto"
+    seed: int = 0
+    population_size: int = 100
+    generations: int = 500
+    mutate_prob: float = 0.1
+    export: str | None = None
+    device: str | None = None
+    store: str = "results.db"
+    allow_width_mismatch: bool = False
+    source: SubnetSource = SubnetSource()
+
+
+def _target_dir(out: Path, target: float, unit: str) -> Path:
+    return out / f"target_{target:g}{'ms' if unit == 'ms' else 'mmacs'}"
+
+
+def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) -> dict[str, Any]:
+    """Search every target, write the out dir, export and measure winners when asked.
+
+    Writes ``search.json`` (everything), ``pareto.json``/``pareto.png`` and per target a
+    ``target_<T>ms/`` folder with ``arch.json`` (OFA dict), ``result.json`` and the artifact.
+    Returns the ``search.json`` content.
+    """
+    import numpy as np
+
+    from compofa_bench import search as S
+    from compofa_bench import spaces
+    from compofa_bench.errors import SearchError
+
+    space = spaces.get(job.space, job.resolutions)
+    n_sources = sum([job.lut is not None, job.macs, job.measure_latency])
+    if n_sources != 1:
+        raise SearchError("give exactly one constraint source: --lut, --macs or --measure-latency")
+    if (job.predictor is None) == (job.accuracy_proxy is None):
+        raise SearchError(
+            "give exactly one accuracy source: --predictor P or --accuracy-proxy macs"
+        )
+    w = job.source.width_mult
+    if job.lut is not None:
+        cost: Any = S.LutLatency.from_file(job.lut, w, job.allow_width_mismatch)
+        if job.resolutions is None:
+            common = [r for r in space.resolutions if r in cost.table.resolutions]
+            if not common:
+                raise SearchError(
+                    f"the table's resolutions {list(cost.table.resolutions)} and space "
+                    f"{space.name}'s {list(space.resolutions)} have none in common: pass "
+                    "--resolutions"
+                )
+            space = space.with_resolutions(common)
+    elif job.macs:
+        cost = S.MacsLatency(w, job.source.base, job.source.n_classes)
+    else:
+        if not job.device:
+            raise SearchError("--measure-latency needs --device")
+        cost = S.MeasuredLatency(
+            job.device, job.store, w, job.source.base, job.source.n_classes, space=space.name
+        )
+    if job.predictor is not None:
+        from compofa_bench import predictor as P
+
+        pred = P.load(job.predictor)
+        enc = pred.encoder
+        if enc.resolution_mode == "onehot" and job.resolutions is None:
+            known = [r for r in space.resolutions if r in enc.resolutions]
+            if not known:
+                raise SearchError(
+                    f"the predictor knows resolutions {list(enc.resolutions)}, none of the "
+                    f"search's {list(space.resolutions)}: pass --resolutions"
+                )
+            space = space.with_resolutions(known)
+        accuracy: Any = S.PredictorAccuracy(pred)
+    elif job.accuracy_proxy == "macs":
+        accuracy = S.MacsProxy(space, w, job.source.n_classes)
+    else:
+        raise SearchError(f"unknown --accuracy-proxy {job.accuracy_proxy!r} (only 'macs')")
+    cfg = S.EvolutionConfig(
+        population_size=job.population_size,
+        generations=job.generations,
+        mutate_prob=job.mutate_prob,
+    )
+    outcome = S.search(
+        space,
+        accuracy,
+        cost,
+        job.targets,
+        np.random.default_rng(job.seed),
+        method=job.method,
+        config=cfg,
+        progress=progress,
+    )
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unit = outcome.unit
+    builder = SubnetBuilder(job.source) if job.export else None
+    targets_out = []
+    for r in outcome.results:
+        item = target_record(r, outcome, job)
+        if r.arch is not None:
+            tdir = _target_dir(out, r.target, unit)
+            write_json_atomic(tdir / "arch.json", r.arch.to_ofa())
+            if job.export and builder is not None:
+                res = export_arch(
+                    r.arch, job.export, tdir / f"model{SUFFIX[job.export]}", job.source, builder
+                )
+                if job.device:
+                    module, _ = builder.extract(r.arch)
+                    res.measured = measure_artifact(
+                        module, r.arch, job.device, job.store, job.source
+                    )
+                item["export"] = res.to_dict()
+                if res.measured is not None:
+                    item["measured_latency_ms"] = res.measured["median_ms"]
+                    item["measured_device"] = res.measured["device"]
+                if on_export is not None:
+                    on_export(item)
+            write_json_atomic(tdir / "result.json", item)
+        targets_out.append(item)
+    frontier = [
+        {"arch": a.to_ofa(), "key": a.key(), "score": s, "cost": c} for a, s, c in outcome.frontier
+    ]
+    doc = {
+        "space": space.name,
+        "resolutions": list(space.resolutions),
+        "width_mult": w,
+        "method": outcome.method,
+        "accuracy_source": outcome.score_label,
+        "accuracy_is_proxy": outcome.score_is_proxy,
+        "constraint_source": outcome.cost_label,
+        "unit": unit,
+        "seed": job.seed,
+        "evolution": None
+        if outcome.method != "evolution"
+        else {
+            "population_size": cfg.population_size,
+            "generations": cfg.generations,
+            "parent_ratio": cfg.parent_ratio,
+            "mutation_ratio": cfg.mutation_ratio,
+            "mutate_prob": cfg.mutate_prob,
+        },
+        "weights": job.source.weights,
+        "search_seconds": outcome.seconds,
+        "fastest": None
+        if outcome.fastest is None
+        else {"arch": outcome.fastest[0].to_ofa(), "cost": outcome.fastest[1]},
+        "targets": targets_out,
+        "frontier": frontier,
+    }
+    write_json_atomic(
+        out / "pareto.json",
+        {"unit": unit, "accuracy_source": outcome.score_label, "frontier": frontier},
+    )
+    from compofa_bench.report import plot_pareto
+
+    cost_label = "latency (ms)" if unit == "ms" else "MMACs"
+    score_label = "MACs proxy (NOT accuracy)" if outcome.score_is_proxy else "predicted top-1"
+    plot_pareto(
+        [(f["cost"], f["score"]) for f in frontier],
+        [(r.target, r.cost, r.score) for r in outcome.results if r.arch is not None],
+        out / "pareto.png",
+        cost_label=f"{cost_label}: {outcome.cost_label}",
+        score_label=score_label,
+        title=f"{space.name}: {outcome.method} search",
+    )
+    write_json_atomic(out / "search.json", doc)
+    return doc
+
+
+def target_record(r: Any, outcome: Any, job: SearchJob) -> dict[str, Any]:
+    """One target's JSON object (what ``search --json`` prints per target)."""
+    ms = outcome.unit == "ms"
+    item: dict[str, Any] = {
+        ("target_ms" if ms else "target_mmacs"): r.target,
+        "feasible": r.feasible,
+        "arch": None if r.arch is None else r.arch.to_ofa(),
+        "key": None if r.arch is None else r.arch.key(),
+        ("predicted_accuracy" if not outcome.score_is_proxy else "proxy_score_mmacs"): (
+            None if r.arch is None else r.score
+        ),
+        ("predicted_latency_ms" if ms else "mmacs"): None if r.arch is None else r.cost,
+        "search_seconds": r.seconds,
+        "accuracy_source": outcome.score_label,
+        "constraint_source": outcome.cost_label,
+        "method": outcome.method,
+    }
+    if not r.feasible:
+        item["message"] = r.message
+    return item

@@ -253,8 +253,9 @@ class LutLatency:
 
 
 class MeasuredLatency:
-    """Latency measured on a device, memoized in the results store (keyed by arch, resolution
-    and device fingerprint there), so a repeated search costs no new measurements."""
+    """Latency measured on a device. Results go to the results store, keyed by arch (with
+    resolution) and device fingerprint, so a repeated search measures nothing twice (CompOFA
+    section 5.7's memoized on-device search)."""
 
     unit = "ms"
 
@@ -265,49 +266,48 @@ class MeasuredLatency:
         width_mult: float = 1.0,
         base: str = "mbv3",
         n_classes: int = 1000,
+        space: str | None = None,
+        show_progress: bool = True,
     ) -> None:
         self.device, self.store_path = device, store_path
         self.width_mult, self.base, self.n_classes = width_mult, base, n_classes
+        self.space, self.show_progress = space, show_progress
         self.name = f"measured on {device}"
         self._memo: dict[Arch, float] = {}
 
     def latency_ms(self, archs: Sequence[Arch]) -> np.ndarray:
         todo = [a for a in dict.fromkeys(archs) if a not in self._memo]
         if todo:
-            try:
-                from compofa_bench import profile
-            except ImportError as exc:
+            from compofa_bench import devices, profile
+            from compofa_bench.store import ResultStore
+
+            spec = devices.load_device(self.device)
+            with ResultStore(self.store_path) as store:
+                runs = profile.profile_archs(
+                    todo,
+                    [spec],
+                    store,
+                    space=self.space,
+                    base=self.base,
+                    width_mult=self.width_mult,
+                    n_classes=self.n_classes,
+                    show_progress=self.show_progress,
+                )
+                got = store.lookup_many(
+                    [a.key() for a in todo],
+                    fingerprint_hash=runs[0].fingerprint_hash,
+                    protocol_hash=runs[0].protocol_hash,
+                    width_mult=self.width_mult,
+                )
+            missing = [a.key() for a in todo if a.key() not in got]
+            if missing:
                 raise SearchError(
-                    "measuring latency during search needs compofa_bench.profile (the "
-                    f"measurement module), which is not available here: {exc}"
-                ) from None
-            got = profile.profile_archs(
-                todo,
-                device=self.device,
-                store=self.store_path,
-                width_mult=self.width_mult,
-                base=self.base,
-                n_classes=self.n_classes,
-            )
-            for a, ms in zip(todo, _median_list(got, len(todo)), strict=True):
-                self._memo[a] = ms
+                    f"{len(missing)} arch(s) could not be measured on {self.device} "
+                    f"(first: {missing[0]}); see `compofa-bench results` for the errors"
+                )
+            for a in todo:
+                self._memo[a] = float(got[a.key()])
         return np.array([self._memo[a] for a in archs], dtype=np.float64)
-
-
-def _median_list(got: Any, n: int) -> list[float]:
-    """profile_archs may return floats, Stats, or dicts with median_ms; take the median."""
-    out: list[float] = []
-    items = list(got.values()) if isinstance(got, dict) else list(got)
-    if len(items) != n:
-        raise SearchError(f"device measurement returned {len(items)} results for {n} archs")
-    for x in items:
-        if isinstance(x, (int, float)):
-            out.append(float(x))
-        elif isinstance(x, dict):
-            out.append(float(x["median_ms"]))
-        else:
-            out.append(float(x.median_ms))
-    return out
 
 
 class PredictorAccuracy:

@@ -23,6 +23,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lut",
     "train",
     "evaluate",
+    "predictor",
+    "search",
+    "export",
 )
 
 DESCRIPTION = """\

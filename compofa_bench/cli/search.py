@@ -1,0 +1,225 @@
+"""``search``: best subnet per latency (or MACs) target, Pareto frontier, export."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from compofa_bench import spaces
+from compofa_bench.cli.common import console, help_formatter, print_json
+
+DESCRIPTION = """\
+Find the most accurate subnet under each latency target, in one call.
+
+Accuracy comes from a predictor (--predictor: a file from `predictor train`, or OFA's
+acc_predictor.pth) or, until you have one, from MACs as an explicitly labelled proxy
+(--accuracy-proxy macs: bigger is ranked better; outputs say "proxy", never "accuracy").
+Latency comes from a lookup table (--lut), is measured on a device as the search goes
+(--measure-latency --device D, memoized in --store), or is replaced by MACs (--macs: targets
+in millions of MACs).
+
+Small spaces (CompOFA: 243 archs x resolutions) are searched exhaustively, which gives the
+true optimum per target; large ones (OFA: ~10^19) with OFA's evolutionary search (population
+100, 500 generations, parent ratio 0.25, mutation ratio 0.5, mutation prob 0.1).
+
+OUT gets search.json, pareto.json, pareto.png and per target target_<T>ms/ with arch.json,
+result.json and, with --export, the model (plus its latency on --device next to the prediction).
+"""
+
+EXAMPLES = """\
+examples:
+  compofa-bench search --space compofa --lut lookup_tables/cpu.json \\
+      --accuracy-proxy macs --latency 5,8,12 --export onnx --device cpu-ort --out out/cpu
+  compofa-bench search --space ofa --width-mult 1.2 --lut lookup_tables/note10.json \\
+      --predictor acc_predictor.pth --latency 15,20,25,30 --out out/note10 --json
+  compofa-bench search --space compofa --macs 200,300 --predictor pred.pt --out out/macs
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="best subnet per latency target (+ export)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=help_formatter(),
+    )
+    p.add_argument("--space", default="compofa", help="search space (default: compofa)")
+    p.add_argument(
+        "--resolutions",
+        type=spaces.parse_resolutions,
+        default=None,
+        help="resolutions to search, e.g. 160,176,192,208,224 (default: the space's, "
+        "limited to those the table and predictor know)",
+    )
+    p.add_argument("--width-mult", type=float, default=1.0, help="supernet width (default 1.0)")
+    p.add_argument("--n-classes", type=int, default=1000)
+    c = p.add_argument_group("constraint (choose one)")
+    c.add_argument("--latency", metavar="MS,..", help="latency targets in ms, e.g. 15,20,25,30")
+    c.add_argument("--macs", metavar="MMACS,..", help="MACs targets in millions (no latency)")
+    c.add_argument("--lut", metavar="TABLE.json", help="latency lookup table for --latency")
+    c.add_argument(
+        "--measure-latency",
+        action="store_true",
+        help="measure latency on --device during the search (memoized in --store)",
+    )
+    c.add_argument(
+        "--allow-width-mismatch", action="store_true", help="use a table measured at another width"
+    )
+    a = p.add_argument_group("accuracy (choose one)")
+    a.add_argument("--predictor", metavar="P", help="predictor file (ours or OFA's .pth)")
+    a.add_argument(
+        "--accuracy-proxy",
+        choices=["macs"],
+        help="rank by MACs instead of accuracy (labelled as a proxy)",
+    )
+    s = p.add_argument_group("search")
+    s.add_argument("--method", choices=["auto", "exhaustive", "evolution"], default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--population", type=int, default=100)
+    s.add_argument("--generations", type=int, default=500)
+    s.add_argument("--mutate-prob", type=float, default=0.1)
+    e = p.add_argument_group("export")
+    e.add_argument(
+        "--export", choices=["onnx", "tflite", "tensorrt"], help="export each winner in this format"
+    )
+    e.add_argument(
+        "--checkpoint",
+        metavar="C",
+        help="supernet weights (OFA, CompOFA or ours); without: random init, "
+        "valid for latency only",
+    )
+    e.add_argument(
+        "--calib-data",
+        metavar="DATA",
+        help="recalibrate BN on these training images (fashion-mnist or an ImageFolder root)",
+    )
+    e.add_argument("--device", metavar="D", help="measure each exported winner on this device")
+    e.add_argument("--store", default="results.db", help="results store (default: results.db)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per target (target_ms, arch, predicted_accuracy, "
+        "predicted_latency_ms, search_seconds, ...)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from compofa_bench import export as X
+    from compofa_bench import search as S
+    from compofa_bench.errors import SearchError
+
+    if (args.latency is None) == (args.macs is None):
+        raise SearchError("give targets with exactly one of --latency MS,.. or --macs MMACS,..")
+    if args.latency is not None and not (args.lut or args.measure_latency):
+        raise SearchError("--latency needs --lut TABLE.json or --measure-latency --device D")
+    if args.macs is not None and (args.lut or args.measure_latency):
+        raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
+    targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
+    job = X.SearchJob(
+        space=args.space,
+        targets=tuple(targets),
+        out_dir=args.out,
+        lut=args.lut,
+        macs=args.macs is not None,
+        measure_latency=args.measure_latency,
+        predictor=args.predictor,
+        accuracy_proxy=args.accuracy_proxy,
+        resolutions=args.resolutions,
+        method=args.method,
+        seed=args.seed,
+        population_size=args.population,
+        generations=args.generations,
+        mutate_prob=args.mutate_prob,
+        export=args.export,
+        device=args.device,
+        store=args.store,
+        allow_width_mismatch=args.allow_width_mismatch,
+        source=X.SubnetSource(
+            checkpoint=args.checkpoint,
+            width_mult=args.width_mult,
+            n_classes=args.n_classes,
+            calib_data=args.calib_data,
+            seed=args.seed,
+        ),
+    )
+    if args.no_progress or args.json:
+        doc = X.run_search_job(job)
+    else:
+        from compofa_bench.profile import make_progress
+
+        with make_progress() as bar:
+            tasks: dict[str, int] = {}  # created on first use: exhaustive search shows none
+
+            def progress(done: int, total: int) -> None:
+                if "evolution" not in tasks:
+                    tasks["evolution"] = bar.add_task("evolution", total=total, current="")
+                bar.update(tasks["evolution"], completed=done, current=f"generation {done}")
+
+            def on_export(item: dict) -> None:
+                if "export" not in tasks:
+                    tasks["export"] = bar.add_task("export", total=len(targets), current="")
+                bar.update(tasks["export"], advance=1, current=item["key"])
+
+            doc = X.run_search_job(job, progress=progress, on_export=on_export)
+    if args.json:
+        print_json(doc["targets"])
+        return 0
+    _print_human(doc, args.out)
+    return 0
+
+
+def _print_human(doc: dict, out_dir: str) -> None:
+    out = console()
+    ms = doc["unit"] == "ms"
+    proxy = doc["accuracy_is_proxy"]
+    out.print(
+        f"[bold]{doc['space']}[/bold] {doc['method']} search, resolutions "
+        f"{doc['resolutions']}, width {doc['width_mult']:g}, "
+        f"{doc['search_seconds'] * 1e3:.1f} ms in all"
+    )
+    out.print(f"accuracy source:   {doc['accuracy_source']}")
+    out.print(f"constraint source: {doc['constraint_source']} ({doc['unit']})")
+    out.print(f"weights for export: {doc['weights']}")
+    t = Table(title="best per target")
+    unit = "ms" if ms else "MMACs"
+    cols = [
+        "target",
+        f"predicted {unit}",
+        "MACs proxy (MMACs)" if proxy else "pred. top-1",
+        "measured ms",
+        "parity max|d|",
+        "arch key",
+    ]
+    for col in cols:
+        t.add_column(col)
+    notes = []
+    for item in doc["targets"]:
+        target = item.get("target_ms", item.get("target_mmacs"))
+        if not item["feasible"]:
+            t.add_row(f"{target:g}", "-", "-", "-", "-", "[red]infeasible[/red]")
+            notes.append(f"target {target:g}: {item['message']}")
+            continue
+        cost = item.get("predicted_latency_ms", item.get("mmacs"))
+        score = item.get("predicted_accuracy", item.get("proxy_score_mmacs"))
+        exp = item.get("export") or {}
+        parity = exp.get("parity") or {}
+        t.add_row(
+            f"{target:g}",
+            f"{cost:.2f}",
+            f"{score:.1f}" if proxy else f"{score * 100:.2f}%",
+            f"{item['measured_latency_ms']:.2f}" if "measured_latency_ms" in item else "-",
+            f"{parity['max_abs_diff']:.2g}" if "max_abs_diff" in parity else "-",
+            item["key"],
+        )
+    t.columns[-1].overflow = "fold"
+    out.print(t)
+    for note in notes:
+        out.print(f"[red]{note}[/red]")
+    if proxy:
+        out.print("[yellow]note: ranked by MACs, a proxy; no accuracy was predicted[/yellow]")
+    out.print(f"wrote {out_dir}/search.json, pareto.json, pareto.png and one folder per target")
