@@ -96,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare table predictions with end-to-end measurements",
         formatter_class=help_formatter(),
         description="Measure N random archs of SPACE end to end on DEVICE (through `profile`, "
-        "so measurements in the store are reused) and report RMSE, RMSPE, share within ±5%% "
-        "and ±10%%, Spearman and Kendall rank correlation. With --calibrate M, M further "
+        "so measurements in the store are reused) and report RMSE, RMSPE, share within ±5% "
+        "and ±10%, Spearman and Kendall rank correlation. With --calibrate M, M further "
         "archs (a separate set) fit overhead and scale; the calibration and its figures on "
         "the N validation archs are stored in the table.\n\n"
         "Example:\n  compofa-bench lut validate --lut lookup_tables/mine.json --device cpu-ort "
