@@ -1,0 +1,248 @@
+"""Search: additive cost models, CompOFA-aware genes, exhaustive optimum, evolution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from compofa_bench import search as S
+from compofa_bench import spaces, supernet
+from compofa_bench.encoding import ArchArrays
+from compofa_bench.errors import SearchError
+
+
+def _archs(a: ArchArrays, space: spaces.SearchSpace) -> list[spaces.Arch]:
+    return [S.to_arch(a, i, space.stage_sizes) for i in range(len(a))]
+
+
+class SlowMacs:
+    """MACs without an additive model: forces the per-arch, memoized path."""
+
+    unit = "MMACs"
+    name = "macs (per arch)"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def latency_ms(self, archs):
+        self.calls += len(archs)
+        return np.array([supernet.count_macs(a) / 1e6 for a in archs])
+
+
+@pytest.fixture(scope="module")
+def note10(reference_dir):
+    from compofa_bench.lut import import_ofa_dir
+
+    table = import_ofa_dir(reference_dir / "compofa" / "latency_table@note10", width_mult=1.2)
+    return S.LutLatency(table, width_mult=1.2)
+
+
+@pytest.mark.parametrize("name", ["ofa", "compofa", "compofa-ek"])
+def test_macs_additive_model_equals_count_macs(name: str) -> None:
+    space = spaces.get(name, [128, 176, 224])
+    model = S.MacsLatency(1.0).additive(space)
+    sample = S.Genome(space).sample(60, np.random.default_rng(0))
+    want = [supernet.count_macs(a) / 1e6 for a in _archs(sample, space)]
+    np.testing.assert_allclose(model.evaluate(sample), want, rtol=1e-12)
+
+
+def test_lut_additive_model_equals_table(note10) -> None:
+    space = spaces.get("ofa", [160, 192, 224])
+    model = note10.additive(space)
+    sample = S.Genome(space).sample(300, np.random.default_rng(1))
+    want = note10.table.predict_ms(_archs(sample, space), width_mult=1.2)
+    np.testing.assert_allclose(model.evaluate(sample), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["compofa", "compofa-ek", "ofa"])
+def test_genes_stay_in_space_and_coupled(name: str) -> None:
+    space = spaces.get(name, [160, 224])
+    g = S.Genome(space)
+    rng = np.random.default_rng(2)
+    a = g.sample(200, rng)
+    b = g.sample(200, rng)
+    for batch in (a, g.mutate(a, rng, 0.3), g.crossover(a, b, rng)):
+        for arch in _archs(batch, space):
+            space.validate(arch)
+    # a child's genes come from its parents; coupled stages come whole from one parent
+    child = g.crossover(a, b, rng)
+    assert np.all((child.ks == a.ks) | (child.ks == b.ks))
+    assert np.all((child.r == a.r) | (child.r == b.r))
+    if space.coupling is not None:
+        for st, size in enumerate(space.stage_sizes):
+            sl = slice(st * 4, st * 4 + size)
+            from_a = (child.d[:, st] == a.d[:, st]) & np.all(child.e[:, sl] == a.e[:, sl], 1)
+            from_b = (child.d[:, st] == b.d[:, st]) & np.all(child.e[:, sl] == b.e[:, sl], 1)
+            assert np.all(from_a | from_b)
+
+
+def test_mutation_probability() -> None:
+    space = spaces.get("ofa", [160, 176, 192, 208, 224])
+    g = S.Genome(space)
+    rng = np.random.default_rng(3)
+    a = g.sample(2000, rng)
+    same = g.mutate(a, rng, 0.0)
+    assert np.array_equal(same.ks, a.ks) and np.array_equal(same.d, a.d)
+    m = g.mutate(a, rng, 0.5)
+    # a resampled kernel differs from the old one with probability 0.5 * 2/3
+    changed = np.mean(m.ks != a.ks)
+    assert 0.28 < changed < 0.39
+
+
+def test_enumerate_matches_space() -> None:
+    space = spaces.get("compofa", [160, 224])
+    every = S.Genome(space).enumerate()
+    got = set(_archs(every, space))
+    assert len(got) == len(every) == space.size()
+    assert got == set(space.enumerate())
+
+
+def test_pareto_front_is_non_dominated() -> None:
+    rng = np.random.default_rng(4)
+    score, cost = rng.random(300), rng.random(300)
+    front = set(S.pareto_front(score, cost).tolist())
+    for i in range(300):
+        dominated = np.any(
+            (cost <= cost[i]) & (score >= score[i]) & ((cost < cost[i]) | (score > score[i]))
+        )
+        assert (i in front) == (not dominated)
+
+
+def test_exhaustive_is_the_true_optimum(note10, reference_dir) -> None:
+    from compofa_bench import predictor
+
+    pred = predictor.load(reference_dir / "compofa" / "acc_predictor.pth")
+    space = spaces.get("compofa", [160, 192, 224])
+    targets = [11.0, 14.0, 18.0, 23.0, 40.0]
+    out = S.search(space, S.PredictorAccuracy(pred), note10, targets, np.random.default_rng(0))
+    assert out.method == "exhaustive"
+    archs = list(space.enumerate())  # independent path: Arch objects, the table's own predict
+    acc = pred.predict(archs)
+    lat = note10.table.predict_ms(archs, width_mult=1.2)
+    for r in out.results:
+        ok = lat <= r.target
+        assert r.feasible and r.arch is not None
+        assert r.score == pytest.approx(acc[ok].max(), abs=1e-9)
+        assert note10.table.predict_ms([r.arch], width_mult=1.2)[0] <= r.target
+    # the frontier is exactly the non-dominated set of the whole space
+    assert len(out.frontier) == len(S.pareto_front(acc, lat))
+
+
+def test_infeasible_target_names_the_fastest() -> None:
+    space = spaces.get("compofa", [160, 224])
+    macs = S.MacsLatency(1.0)
+    fastest = min(supernet.count_macs(a) / 1e6 for a in space.enumerate())
+    for method in ("exhaustive", "evolution"):
+        out = S.search(
+            space,
+            S.MacsProxy(space),
+            macs,
+            [fastest * 0.9, fastest * 3],
+            np.random.default_rng(0),
+            method=method,
+            config=S.EvolutionConfig(generations=5),
+        )
+        bad, good = out.results
+        assert not bad.feasible and bad.arch is None
+        assert f"{fastest:.3f}" in bad.message
+        assert good.feasible
+        assert out.fastest[1] == pytest.approx(fastest)
+
+
+def test_evolution_reproducible_feasible_and_near_optimal() -> None:
+    space = spaces.get("compofa", [128, 160, 192, 224])
+    macs = S.MacsLatency(1.0)
+    acc = S.MacsProxy(space)  # maximizing MACs under a MACs cap: the optimum is known exactly
+    every = list(space.enumerate())
+    all_macs = np.array([supernet.count_macs(a) / 1e6 for a in every])
+    # the fastest member exactly (tight), and looser caps
+    targets = [float(all_macs.min()), 150.0, 250.0, 400.0]
+    cfg = S.EvolutionConfig(population_size=40, generations=40)
+    runs = [
+        S.search(
+            space, acc, macs, targets, np.random.default_rng(7), method="evolution", config=cfg
+        )
+        for _ in range(2)
+    ]
+    assert [r.arch for r in runs[0].results] == [r.arch for r in runs[1].results]
+    for r in runs[0].results:
+        assert r.feasible
+        true_cost = supernet.count_macs(r.arch) / 1e6
+        assert true_cost == pytest.approx(r.cost) and true_cost <= r.target + 1e-9
+        best = all_macs[all_macs <= r.target].max()
+        assert r.score >= 0.98 * best
+
+
+def test_non_additive_source_is_memoized() -> None:
+    space = spaces.get("compofa", [160])
+    src = SlowMacs()
+    out = S.search(
+        space,
+        S.MacsProxy(space),
+        src,
+        [200.0],
+        np.random.default_rng(0),
+        method="evolution",
+        config=S.EvolutionConfig(population_size=20, generations=10),
+    )
+    assert out.results[0].feasible
+    assert src.calls <= space.size()  # each distinct arch priced once at most
+
+
+def test_targets_parsing_and_bad_method() -> None:
+    assert S.parse_targets("15, 20,25") == [15.0, 20.0, 25.0]
+    for bad in ("", "x", "-3", "nan"):
+        with pytest.raises(SearchError):
+            S.parse_targets(bad)
+    space = spaces.get("ofa")
+    with pytest.raises(SearchError, match="exhaustive"):
+        S.search(
+            space,
+            S.MacsProxy(space.with_resolutions([160])),
+            S.MacsLatency(),
+            [300.0],
+            np.random.default_rng(0),
+            method="exhaustive",
+        )
+
+
+def test_macs_proxy_score_is_macs() -> None:
+    space = spaces.get("compofa", [160, 224])
+    arr = S.Genome(space).sample(10, np.random.default_rng(5))
+    got = S.MacsProxy(space).score(arr)
+    want = [supernet.count_macs(a) / 1e6 for a in _archs(arr, space)]
+    np.testing.assert_allclose(got, want)
+    assert S.MacsProxy.is_proxy and "not an accuracy" in S.MacsProxy.label
+
+
+def test_cached_score_counts_each_arch_once() -> None:
+    space = spaces.get("compofa", [160, 224])
+    calls = []
+
+    class Counting:
+        label, is_proxy = "count", True
+
+        def score(self, arr):
+            calls.append(len(arr))
+            return arr.r.astype(float)
+
+    cached = S.CachedScore(Counting(), space.stage_sizes)
+    a = S.Genome(space).sample(50, np.random.default_rng(6))
+    both = S.concat([a, a])
+    np.testing.assert_array_equal(cached(both), both.r.astype(float))
+    np.testing.assert_array_equal(cached(a), a.r.astype(float))
+    n_distinct = len(set(_archs(a, space)))
+    assert sum(calls) == n_distinct
+
+
+def test_keys_ignore_inactive_slots() -> None:
+    space = spaces.get("ofa", [160])
+    x = space.smallest(160)
+    a = ArchArrays(np.array([x.ks]), np.array([x.e]), np.array([x.d]), np.array([160]))
+    ks = np.array([x.ks])
+    ks[0, 3] = 7 if ks[0, 3] != 7 else 5  # slot 3 is inactive at depth 2
+    b = ArchArrays(ks, np.array([x.e]), np.array([x.d]), np.array([160]))
+    assert S.arch_keys(a, space.stage_sizes) == S.arch_keys(b, space.stage_sizes)
+    assert math.isfinite(S.MacsLatency().additive(space).evaluate(b)[0])
