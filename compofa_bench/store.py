@@ -302,13 +302,15 @@ class ResultStore:
         *,
         fingerprint_hash: str | None = None,
         device: str | None = None,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         width_mult: float | None = None,
         kind: str = "network",
         protocol_hash: str | None = None,
     ) -> dict[str, Any] | None:
         """The latest ok measurement of ``workload_key`` (an ``Arch.key()``, so resolution
-        included) matching the filters, as a row dict; ``None`` if there is none.
+        included) matching the filters, as a row dict; ``None`` if there is none. Filters left
+        ``None`` match anything: pin ``batch_size`` (or ``protocol_hash``) when a store holds
+        several batch sizes.
         Example: ``store.lookup(arch.key(), fingerprint_hash=fp, width_mult=1.0)["median_ms"]``."""
         where, params = self._filters(
             fingerprint_hash=fingerprint_hash, device=device, batch_size=batch_size,
@@ -324,7 +326,7 @@ class ResultStore:
     def lookup_many(self, workload_keys: Iterable[str], **filters: Any) -> dict[str, float]:
         """``{workload_key: median_ms}`` of the latest ok measurement of each key found."""
         keys = list(dict.fromkeys(workload_keys))
-        where, params = self._filters(**{"kind": "network", "batch_size": 1, **filters})
+        where, params = self._filters(**{"kind": "network", **filters})
         out: dict[str, float] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]

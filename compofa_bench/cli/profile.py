@@ -173,18 +173,16 @@ def print_summary(summaries: list, store_path: str) -> None:
             str(d["skipped"]),
             str(len(d["failed"])),
             str(len(d["unstable"])),
-            f"{format_ms(d['fastest']['median_ms'])} {d['fastest']['key']}"
-            if d["fastest"]
-            else "-",
-            f"{format_ms(d['slowest']['median_ms'])} {d['slowest']['key']}"
-            if d["slowest"]
-            else "-",
+            format_ms(d["fastest"]["median_ms"]) if d["fastest"] else "-",
+            format_ms(d["slowest"]["median_ms"]) if d["slowest"] else "-",
             f"{d['wall_s']:.1f}",
             f"{d['timed_s']:.1f}",
         )
     out.print(table)
     for s in summaries:
         d = s.to_dict()
+        if d["fastest"]:
+            out.print(f"{s.device}: fastest {d['fastest']['key']}, slowest {d['slowest']['key']}")
         for f in d["failed"][:10]:
             out.print(f"[red]failed[/red] {s.device} {f['key']}: {f['error']}")
         if d["unstable"]:
