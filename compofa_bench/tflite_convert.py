@@ -112,13 +112,16 @@ def cache_name(cache_key: str, input_shape: tuple[int, ...], precision: str) -> 
 
 
 def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[0], *shape[2:], shape[1])
+    return (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
 
 
 def _check_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ExportError(f"TFLite conversion needs an NCHW input shape, got {input_shape}")
+    # (N, C, H, W) for networks and most layers; (N, C) for a classifier layer timed alone.
+    if len(shape) not in (2, 4) or min(shape) < 1:
+        raise ExportError(
+            f"TFLite conversion needs an NCHW (or N, C) input shape, got {input_shape}"
+        )
     return shape
 
 
@@ -147,7 +150,8 @@ def convert(
     shape = _check_shape(input_shape)
     module = module.eval()
     outputs = [0] if _output_ndim(module, shape) >= 3 else []
-    wrapped = lt.to_channel_last_io(module, args=[0], outputs=outputs).eval()
+    inputs = [0] if len(shape) >= 3 else []
+    wrapped = lt.to_channel_last_io(module, args=inputs, outputs=outputs).eval()
     sample = torch.zeros(_nhwc(shape))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +193,8 @@ def check_parity(
     interp = load_interpreter(tflite_path, num_threads=num_threads)
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
-    interp.set_tensor(inp["index"], np.ascontiguousarray(np.moveaxis(x, 1, -1)))
+    x_tflite = np.moveaxis(x, 1, -1) if x.ndim >= 3 else x
+    interp.set_tensor(inp["index"], np.ascontiguousarray(x_tflite))
     interp.invoke()
     got = interp.get_tensor(out["index"])
     if got.shape != ref.shape:
