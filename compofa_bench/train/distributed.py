@@ -81,6 +81,15 @@ def average_buffers(model: nn.Module, ctx: Context) -> None:
         b.copy_(synced)
 
 
+def broadcast_state(model: nn.Module, ctx: Context) -> None:
+    """Rank 0's parameters and buffers everywhere (as DDP does at construction)."""
+    if not ctx.distributed:
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
 def any_flag(flag: bool, ctx: Context) -> bool:
     """True on every rank when any rank raised ``flag`` (a stop request)."""
     if not ctx.distributed:

@@ -190,6 +190,8 @@ class Trainer:
         self.indices = data_mod.subset_indices(len(self.train_set), config.subset, self.recipe.seed)
         self.global_batch = self.recipe.batch_size * self.ctx.world_size
         self.spe = steps_per_epoch(len(self.indices), self.global_batch)
+        # Same initial weights on every rank and in every run with this seed.
+        seed_torch(self.recipe.seed, 0xC0FFEE)
         self.model = build_model(self.recipe, self.n_classes).to(self.ctx.device)
         cl = (
             config.channels_last
@@ -207,6 +209,7 @@ class Trainer:
         )
         self.pos = Position()
         self._prepare_out()
+        D.broadcast_state(self.model, self.ctx)
 
     # ------------------------------------------------------------------- setup
     def _prepare_out(self) -> None:
