@@ -234,6 +234,7 @@ def _measure_one(
     prepared = None
     outcome = Outcome(job.key, "failed")
     timing = None
+    failed_raw: str | None = None
     try:
         t0 = time.perf_counter()
         workload = job.build()
@@ -256,6 +257,8 @@ def _measure_one(
         raise
     except Exception as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
+        # a native tool whose output could not be parsed: keep what it printed with the failure
+        failed_raw = getattr(exc, "raw_output", None)
         if not isinstance(exc, CompofaError):
             # a bug or a runtime crash: keep the place it happened for the bug report
             tb = traceback.extract_tb(exc.__traceback__)[-1]
@@ -282,7 +285,7 @@ def _measure_one(
         samples_ms=timing.samples_ms if timing and outcome.status == "ok" else (),
         warmup_ms=timing.warmup_ms if timing and outcome.status == "ok" else (),
         summary_ms=timing.summary_ms if timing else {},
-        raw_output=timing.raw_output if timing else None,
+        raw_output=timing.raw_output if timing else failed_raw,
         space=job.space,
         arch=job.arch,
         resolution=job.resolution,

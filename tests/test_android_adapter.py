@@ -336,3 +336,22 @@ def test_two_phones_profile_into_one_store(tmp_path: Path, cat_binary: Path) -> 
             build_module=lambda arch: nn.Identity(),
         )  # fmt: skip
         assert len(again[0].by_status("skipped")) == 3
+
+
+def test_failed_run_keeps_raw_output_in_the_store(tmp_path: Path) -> None:
+    from compofa_bench.profile import arch_cache_key, profile_archs
+    from compofa_bench.store import ResultStore
+
+    binary = fake_binary(tmp_path / "benchmark_model", "echo 'Segmentation fault in op 7'\n")
+    arch = spaces.get("compofa").smallest(128)
+    seed_cache(tmp_path / "tflite-cache", arch_cache_key(arch, batch_size=1), (1, 3, 128, 128))
+    with AdbDaemon(tmp_path / "phone") as d, ResultStore(tmp_path / "r.db") as store:
+        (summary,) = profile_archs(
+            [arch], [spec_for(d, binary, tmp_path)], store, show_progress=False,
+            build_module=lambda a: nn.Identity(),
+        )  # fmt: skip
+        assert len(summary.by_status("failed")) == 1
+        (row,) = store.rows(("status", "error", "raw_output"))
+    assert row["status"] == "failed"
+    assert "Segmentation fault" in row["error"]  # the tool's own line, in one line
+    assert "Segmentation fault in op 7" in row["raw_output"]
