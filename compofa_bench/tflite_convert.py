@@ -233,6 +233,7 @@ class ConversionInfo:
     cached: bool
     convert_s: float
     parity: ParityResult | None
+    parity_s: float = 0.0
 
 
 def to_tflite(
@@ -297,6 +298,7 @@ def convert_cached(
     convert(module, shape, staging, precision)
     convert_s = time.perf_counter() - t0
     result = None
+    t0 = time.perf_counter()
     try:
         if parity:
             result = check_parity(module, staging, shape, rtol=rtol, atol=atol)
@@ -309,7 +311,8 @@ def convert_cached(
     finally:
         if staging.exists():
             staging.unlink()
-    return ConversionInfo(_deliver(target, out_path), False, convert_s, result)
+    parity_s = time.perf_counter() - t0
+    return ConversionInfo(_deliver(target, out_path), False, convert_s, result, parity_s)
 
 
 def _deliver(source: Path, out_path: str | Path | None) -> Path:

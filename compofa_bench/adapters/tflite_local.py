@@ -111,7 +111,7 @@ class TfliteLocalAdapter(Adapter):
         t0 = time.perf_counter()
         interp = tflite_convert.load_interpreter(info.path, self.threads, self.xnnpack)
         session_s = time.perf_counter() - t0
-        prepare_s = {"convert_s": info.convert_s, "session_s": session_s}
+        prepare_s = {"convert_s": info.convert_s, "parity_s": info.parity_s, "session_s": session_s}
         return Prepared(workload, interp, str(info.path), prepare_s)
 
     def time(self, prepared: Prepared, protocol: Protocol) -> Timing:

@@ -1,0 +1,150 @@
+"""tflite-local vs cpu-ort on the same CompOFA archs: latency of each, their rank agreement, and
+what preparing a subnet costs on each runtime (TFLite conversion vs ONNX export).
+
+Both devices run single-threaded (``tflite-local`` threads=1, ``cpu-ort-1t``), one after the
+other (never at the same time: they would share the two cores), through the library
+(``profile_archs`` -> adapter -> results store), so a rerun with the same ``--store`` resumes.
+Prepare times come from the store's ``prepare_json`` of each measurement (a resumed run keeps
+the numbers of the run that measured).
+
+    .venv/bin/python benchmarks/tflite_vs_ort.py --n 20 --store runs/tflite_vs_ort.db \
+        --out benchmarks/results/tflite_vs_ort
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compofa_bench import spaces
+from compofa_bench.devices import load_device
+from compofa_bench.profile import profile_archs
+from compofa_bench.store import ResultStore
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    return r
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def kendall(a: np.ndarray, b: np.ndarray) -> float:
+    n, s = len(a), 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s += np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
+    return float(2 * s / (n * (n - 1)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n", type=int, default=20, help="number of CompOFA archs (default 20)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--store", default="runs/tflite_vs_ort.db")
+    ap.add_argument("--out", default="benchmarks/results/tflite_vs_ort")
+    ap.add_argument("--tflite-cache", default=None, help="TFLite conversion cache directory")
+    args = ap.parse_args()
+
+    archs = spaces.get("compofa").sample_many(args.n, np.random.default_rng(args.seed))
+    tfl = load_device("tflite-local")
+    if args.tflite_cache:
+        tfl = tfl.with_options(cache_dir=args.tflite_cache)
+    ort = load_device("cpu-ort-1t")
+    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    wall = {}
+    with ResultStore(args.store) as store:
+        for spec in (tfl, ort):
+            t0 = time.perf_counter()
+            profile_archs(archs, [spec], store, space="compofa", show_progress=True)
+            wall[spec.name] = time.perf_counter() - t0
+        rows = store.rows(
+            ("device", "workload_key", "status", "median_ms", "prepare_json"), kind="network"
+        )
+    latest: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            latest[(r["device"], r["workload_key"])] = r
+    keys = [
+        a.key() for a in archs if (tfl.name, a.key()) in latest and (ort.name, a.key()) in latest
+    ]
+    if len(keys) < 3:
+        print("error: fewer than 3 archs measured on both devices", file=sys.stderr)
+        return 2
+    t = np.array([latest[(tfl.name, k)]["median_ms"] for k in keys])
+    o = np.array([latest[(ort.name, k)]["median_ms"] for k in keys])
+    prep_t = [json.loads(latest[(tfl.name, k)]["prepare_json"] or "{}") for k in keys]
+    prep_o = [json.loads(latest[(ort.name, k)]["prepare_json"] or "{}") for k in keys]
+    conv = np.array([p.get("convert_s", np.nan) for p in prep_t])
+    parity_t = np.array([p.get("parity_s", np.nan) for p in prep_t])
+    sess_t = np.array([p.get("session_s", np.nan) for p in prep_t])
+    exp_o = np.array([p.get("export_s", np.nan) + p.get("parity_s", 0.0) for p in prep_o])
+    sess_o = np.array([p.get("session_s", np.nan) for p in prep_o])
+    fresh = conv > 0  # conversions done in this store's runs (0 = cache hit)
+    result = {
+        "n": len(keys),
+        "spearman": spearman(t, o),
+        "kendall_tau": kendall(t, o),
+        "tflite_median_ms": float(np.median(t)),
+        "ort_median_ms": float(np.median(o)),
+        "ratio_tflite_over_ort_median": float(np.median(t / o)),
+        "ratio_range": [float(np.min(t / o)), float(np.max(t / o))],
+        "tflite_convert_s_median": float(np.median(conv[fresh])) if fresh.any() else None,
+        "tflite_convert_s_range": [float(conv[fresh].min()), float(conv[fresh].max())]
+        if fresh.any()
+        else None,
+        "tflite_parity_s_median": float(np.nanmedian(parity_t[fresh])) if fresh.any() else None,
+        "tflite_session_s_median": float(np.nanmedian(sess_t)),
+        "ort_export_plus_parity_s_median": float(np.nanmedian(exp_o)),
+        "ort_session_s_median": float(np.nanmedian(sess_o)),
+        "wall_s": wall,
+        "per_arch": [
+            {"key": k, "tflite_ms": float(a), "ort_ms": float(b), "tflite_convert_s": float(c)}
+            for k, a, b, c in zip(keys, t, o, conv, strict=True)
+        ],
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"archs measured on both: {result['n']}",
+        f"Spearman rank correlation: {result['spearman']:.3f}; Kendall tau: {result['kendall_tau']:.3f}",
+        f"median latency: tflite-local {result['tflite_median_ms']:.2f} ms, "
+        f"cpu-ort-1t {result['ort_median_ms']:.2f} ms; per-arch ratio tflite/ort median "
+        f"{result['ratio_tflite_over_ort_median']:.2f} (range {result['ratio_range'][0]:.2f}-"
+        f"{result['ratio_range'][1]:.2f})",
+        f"prepare per arch (median): TFLite convert {result['tflite_convert_s_median']} s + parity "
+        f"{result['tflite_parity_s_median']} s, "
+        f"interpreter {result['tflite_session_s_median']:.3f} s; ONNX export+parity "
+        f"{result['ort_export_plus_parity_s_median']:.2f} s, ORT session "
+        f"{result['ort_session_s_median']:.3f} s",
+        "",
+        "| arch | tflite-local ms | cpu-ort-1t ms | ratio | convert s |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {p['key']} | {p['tflite_ms']:.2f} | {p['ort_ms']:.2f} | "
+            f"{p['tflite_ms'] / p['ort_ms']:.2f} | {p['tflite_convert_s']:.1f} |"
+            for p in result["per_arch"]
+        ),
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:4]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
