@@ -11,10 +11,18 @@ from compofa_bench.cli.common import console, print_json, read_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p_space = sub.add_parser("space", help="list and describe search spaces")
+    p_space = sub.add_parser(
+        "space",
+        help="list and describe search spaces",
+        description="Search spaces: which subnets of a supernet are allowed.",
+        epilog="examples:\n  compofa-bench space list\n  compofa-bench space show compofa\n"
+        "  compofa-bench space show ofa --resolutions 128-224:4 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     space_sub = p_space.add_subparsers(dest="space_command", metavar="ACTION", required=True)
 
     p = space_sub.add_parser("list", help="list the search spaces")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_space_list)
 
     p = space_sub.add_parser(
@@ -22,10 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="size, dimensions and resolutions of a space",
         description="Show a space: its size (exact), per-stage depths, kernels, expand ratios, "
         "coupling and resolutions.",
+        epilog="examples:\n  compofa-bench space show compofa\n"
+        "  compofa-bench space show ofa --resolutions 160,224 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", help="space name (see `space list`)")
-    p.add_argument("--resolutions", type=spaces.parse_resolutions, default=None,
-                   help="override the resolution set, e.g. 160,224 or 128-224:4")
+    p.add_argument(
+        "--resolutions", default=None, help="override the resolution set, e.g. 160,224 or 128-224:4"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_space_show)
 
@@ -35,19 +47,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "info",
         help="validate an arch file and print its MACs and parameters",
         description='ARCH.json holds OFA\'s dict form: {"ks": [20 kernels], "e": [20 expand '
-        'ratios], "d": [5 depths], "r": [224]} ("image_size": 224 works too).',
+        'ratios], "d": [5 depths], "r": [224]} ("image_size": 224 works too). MACs and '
+        "parameters come from the layer geometry alone (no model is built) and equal OFA's "
+        "count_net_flops / count_parameters of the extracted subnet.",
+        epilog="examples:\n  compofa-bench arch info arch.json\n"
+        "  compofa-bench arch info arch.json --space compofa --width-mult 1.2 --json\n"
+        "  compofa-bench arch info arch.json --resolution 160   # file without r/image_size",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("arch_file", metavar="ARCH.json")
     p.add_argument("--space", default="ofa", help="space to validate against (default: ofa)")
     p.add_argument("--width-mult", type=float, default=1.0, help="supernet width (1.0 or 1.2)")
     p.add_argument("--n-classes", type=int, default=1000)
-    p.add_argument("--resolution", type=int, default=None,
-                   help="resolution when the file has none")
+    p.add_argument("--resolution", type=int, default=None, help="resolution when the file has none")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_arch_info)
 
 
 def cmd_space_list(args: argparse.Namespace) -> int:
+    if args.json:
+        print_json([spaces.get(name).describe() for name in spaces.names()])
+        return 0
     table = Table(title="search spaces")
     for col in ("name", "base", "architectures", "description"):
         table.add_column(col)
@@ -59,7 +79,8 @@ def cmd_space_list(args: argparse.Namespace) -> int:
 
 
 def cmd_space_show(args: argparse.Namespace) -> int:
-    space = spaces.get(args.name, args.resolutions)
+    resolutions = None if args.resolutions is None else spaces.parse_resolutions(args.resolutions)
+    space = spaces.get(args.name, resolutions)
     info = space.describe()
     if args.json:
         print_json(info)
@@ -93,10 +114,12 @@ def cmd_arch_info(args: argparse.Namespace) -> int:
     spec = read_json(args.arch_file, "arch file")
     arch = spaces.Arch.from_ofa(spec, resolution=args.resolution, stage_sizes=space.stage_sizes)
     space.validate(arch, check_resolution=False)
-    macs = supernet.count_macs(arch, width_mult=args.width_mult, base=space.base,
-                               n_classes=args.n_classes)
-    params = supernet.count_params(arch, width_mult=args.width_mult, base=space.base,
-                                   n_classes=args.n_classes)
+    macs = supernet.count_macs(
+        arch, width_mult=args.width_mult, base=space.base, n_classes=args.n_classes
+    )
+    params = supernet.count_params(
+        arch, width_mult=args.width_mult, base=space.base, n_classes=args.n_classes
+    )
     info = {
         "space": space.name,
         "key": arch.key(),
