@@ -27,8 +27,13 @@ from typing import Any
 _SYS_CPU = Path("/sys/devices/system/cpu")
 
 
-def stable_part(adapter_description: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Host facts that identify the device, plus the adapter's own description."""
+def stable_part(
+    adapter_description: dict[str, Any] | None = None, host: bool = True
+) -> dict[str, Any]:
+    """Host facts that identify the device, plus the adapter's own description. ``host=False``
+    (remote adapters) keeps only the adapter's description."""
+    if not host:
+        return {"adapter": adapter_description or {}}
     return {
         "cpu_model": cpu_model(),
         "cpu_logical": os.cpu_count(),
@@ -43,6 +48,7 @@ def volatile_part() -> dict[str, Any]:
     """Facts that change between runs. Everything unreadable is simply absent."""
     out: dict[str, Any] = {
         "hostname": platform.node(),
+        "host_cpu": cpu_model(),
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "process_affinity": _process_affinity(),
@@ -76,9 +82,11 @@ def stable_hash(stable: dict[str, Any]) -> str:
 def fingerprint(
     adapter_description: dict[str, Any] | None = None,
     protocol: dict[str, Any] | None = None,
+    host: bool = True,
 ) -> dict[str, Any]:
-    """The full fingerprint: ``{"stable_hash", "stable", "volatile", "protocol"}``."""
-    stable = stable_part(adapter_description)
+    """The full fingerprint: ``{"stable_hash", "stable", "volatile", "protocol"}``. The host's
+    facts are always in ``volatile``; with ``host`` they are in ``stable`` too."""
+    stable = stable_part(adapter_description, host)
     return {
         "stable_hash": stable_hash(stable),
         "stable": stable,

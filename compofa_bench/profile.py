@@ -143,7 +143,9 @@ def _brief(o: Outcome) -> dict[str, Any]:
 
 def device_fingerprint(adapter: Adapter, protocol: Protocol) -> dict[str, Any]:
     """The fingerprint (stable part hashed) of ``adapter`` now."""
-    return fp.fingerprint(adapter.describe(), protocol.to_dict())
+    return fp.fingerprint(
+        adapter.describe(), protocol.to_dict(), host=not getattr(adapter, "remote", False)
+    )
 
 
 def measure_workloads(

@@ -109,3 +109,14 @@ def test_cli_devices_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(fp["stable_hash"]) == 16
     assert main(["devices", "show", "nope"]) == 2
     assert "unknown device" in capsys.readouterr().err
+
+
+def test_remote_adapters_leave_host_out_of_the_stable_fingerprint() -> None:
+    from compofa_bench.fingerprint import fingerprint
+
+    local = fingerprint({"runtime": "x"}, host=True)
+    remote = fingerprint({"runtime": "x"}, host=False)
+    assert "cpu_model" in local["stable"] and "cpu_model" not in remote["stable"]
+    assert remote["stable"] == {"adapter": {"runtime": "x"}}
+    assert local["stable_hash"] != remote["stable_hash"]
+    assert remote["volatile"]["host_cpu"] == local["stable"]["cpu_model"]  # still recorded

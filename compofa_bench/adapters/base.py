@@ -84,6 +84,11 @@ class Adapter(abc.ABC):
     kind: ClassVar[str]
     #: True when :meth:`time` uses the runtime's own timing loop.
     native_timing: ClassVar[bool] = False
+    #: True when workloads run on another machine (a phone over ADB): the host's CPU model and
+    #: core counts are then left out of the stable fingerprint, so results from any host
+    #: driving the same phone resume and memoize together. ``describe()`` must then identify
+    #: the remote hardware itself (model, SoC, OS build...).
+    remote: ClassVar[bool] = False
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
