@@ -305,35 +305,11 @@ def train_predictor(
         # Start at the mean so early epochs fit structure, not the offset.
         model[-1].bias.fill_(float(y_tr.mean()))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    best_val, best_epoch, since_best = math.inf, 0, 0
     started = time.perf_counter()
-    epoch = 0
-    for epoch in range(1, config.max_epochs + 1):
-        model.train()
-        order = torch.randperm(len(tr_idx), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), config.batch_size):
-            b = order[start : start + config.batch_size]
-            pred = model(x_tr[b]).squeeze(1)
-            loss = torch.mean((pred - y_tr[b]) ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        model.eval()
-        with torch.no_grad():
-            val_pred = model(x_val).squeeze(1).numpy()
-        val_rmse = rmse(val_pred, y_val)
-        if progress is not None:
-            progress(epoch, math.sqrt(total / len(order)), val_rmse)
-        if val_rmse < best_val - 1e-7:
-            best_val, best_epoch, since_best = val_rmse, epoch, 0
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            since_best += 1
-            if since_best >= config.patience:
-                break
+    with _torch_threads(1):  # small batches: thread wake-ups cost more than they save
+        _, best_epoch, epoch, best_state = _fit(
+            model, opt, x_tr, y_tr, x_val, y_val, config, gen, progress
+        )
     model.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
@@ -361,3 +337,47 @@ def train_predictor(
         },
     }
     return AccuracyPredictor(encoder, model, tuple(config.hidden), "project", info)
+
+
+def _fit(
+    model: nn.Sequential,
+    opt: torch.optim.Optimizer,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: np.ndarray,
+    config: TrainConfig,
+    gen: torch.Generator,
+    progress: Any,
+) -> tuple[float, int, int, dict[str, torch.Tensor]]:
+    """Epochs until held-out RMSE stops improving; returns the best state and its figures."""
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    best_val, best_epoch, since_best = math.inf, 0, 0
+    epoch = 0
+    n_tr = len(y_tr)
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        order = torch.randperm(n_tr, generator=gen)
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            b = order[start : start + config.batch_size]
+            pred = model(x_tr[b]).squeeze(1)
+            loss = torch.mean((pred - y_tr[b]) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        model.eval()
+        with torch.no_grad():
+            val_pred = model(x_val).squeeze(1).numpy()
+        val_rmse = rmse(val_pred, y_val)
+        if progress is not None:
+            progress(epoch, math.sqrt(total / len(order)), val_rmse)
+        if val_rmse < best_val - 1e-7:
+            best_val, best_epoch, since_best = val_rmse, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+            if since_best >= config.patience:
+                break
+    return best_val, best_epoch, epoch, best_state
