@@ -33,6 +33,7 @@ from compofa_bench.spaces import Arch
 FORMAT = "compofa-bench-latency-table"
 FORMAT_VERSION = 1
 STATISTICS = ("mean", "median")
+_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -439,6 +440,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; tables and plots are shared files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -452,6 +454,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
