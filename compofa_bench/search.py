@@ -72,6 +72,8 @@ class AdditiveModel:
     fixed: np.ndarray
     per_slot: np.ndarray
     post: Callable[[np.ndarray], np.ndarray] | None = None
+    #: set once the model has been checked against its source (see Pricer)
+    verified: bool = False
 
     def evaluate(self, arr: ArchArrays) -> np.ndarray:
         active = active_mask(arr.d, self.stage_sizes)
@@ -222,7 +224,21 @@ class LutLatency:
         )
 
     def additive(self, space: SearchSpace) -> AdditiveModel:
-        """Per-layer values read straight from the table (NaN where it lacks a key)."""
+        """Per-layer values read straight from the table (NaN where it lacks a key); built
+        once per space and resolution set."""
+        key = (
+            space.stage_sizes,
+            space.resolutions,
+            space.kernel_choices,
+            space.expand_choices,
+            space.coupling,
+        )
+        cache: dict[Any, AdditiveModel] = self.__dict__.setdefault("_models", {})
+        if key not in cache:
+            cache[key] = self._build_additive(space)
+        return cache[key]
+
+    def _build_additive(self, space: SearchSpace) -> AdditiveModel:
         t = self.table
         t._check_width(self.width_mult, self.allow_width_mismatch)
         missing_res = [r for r in space.resolutions if r not in t.resolutions]
@@ -529,7 +545,6 @@ class Pricer:
         self,
         source: LatencySource,
         space: SearchSpace,
-        rng: np.random.Generator | None = None,
         verify: int = 16,
     ) -> None:
         self.source, self.space = source, space
@@ -538,8 +553,10 @@ class Pricer:
         make = getattr(source, "additive", None)
         if make is not None:
             self.model = make(space)
-            if verify:
-                self._verify(rng or np.random.default_rng(0), verify)
+            if verify and not self.model.verified:
+                # a fixed generator: the check must not consume the search's random stream
+                self._verify(np.random.default_rng(0), verify)
+                self.model.verified = True
 
     def _verify(self, rng: np.random.Generator, n: int) -> None:
         assert self.model is not None
@@ -736,11 +753,13 @@ def search(
             f"space {space.name} has {space.size():,} members with its resolutions; exhaustive "
             f"search is limited to {exhaustive_limit:,}: use evolution"
         )
-    pricer = Pricer(cost, space, rng)
-    fastest_arch, fastest_cost = pricer.fastest()
+    pricer = Pricer(cost, space)
     if method == "exhaustive":
         outcome = _exhaustive(space, accuracy, pricer, targets, started)
+        assert outcome.fastest is not None
+        fastest_arch, fastest_cost = outcome.fastest
     else:
+        fastest_arch, fastest_cost = pricer.fastest()
         outcome = _evolve(
             space, accuracy, pricer, targets, rng, config, fastest_arch, fastest_cost, progress
         )
@@ -805,6 +824,7 @@ def _exhaustive(
         pricer.source.unit,
         results,
         frontier,
+        fastest=(to_arch(every, int(front[0]), space.stage_sizes), float(cost[front[0]])),
     )
 
 
