@@ -191,3 +191,18 @@ def test_measure_stable_remeasures_until_stable() -> None:
     seq = iter([wider, wide, wider])
     timing, stats, attempts = measure_stable(lambda: next(seq), Protocol(remeasure=2))
     assert attempts == 3 and timing is wide
+
+
+def test_timed_loop_two_clocks() -> None:
+    # durations follow the wall clock, samples the other clock (here: half the wall time)
+    wall = FakeClock(0.015625)  # binary-exact steps: no rounding at the boundaries
+    half = FakeClock(0.0078125)
+
+    def work() -> None:
+        wall.work()
+        half.work()
+
+    p = Protocol(warmup_runs=2, warmup_min_s=0.0, min_runs=5, min_s=0.125, max_s=1.0)
+    t = timed_loop(work, p, clock=wall, sample_clock=half)
+    assert len(t.warmup_ms) == 2 and len(t.samples_ms) == 8
+    assert all(x == 7.8125 for x in t.samples_ms)

@@ -180,3 +180,15 @@ def test_missing_onnxruntime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(MissingDependencyError, match=r"compofa-bench\[ort\]"):
         open_adapter(spec(tmp_path))
+
+
+def test_thread_cpu_timer(tmp_path: Path) -> None:
+    adapter = open_adapter(spec(tmp_path, timer="thread_cpu"))
+    assert adapter.describe()["timer"] == "thread_cpu"
+    p = adapter.prepare(Workload("tiny", tiny(), (1, 3, 32, 32), "tiny-cpu"))
+    s = Stats.from_timing(adapter.time(p, FAST))
+    assert s.count >= 10 and s.median_ms > 0
+    with pytest.raises(DeviceError, match="threads = 1"):
+        open_adapter(spec(tmp_path, timer="thread_cpu", threads=2))
+    with pytest.raises(DeviceError, match="timer"):
+        open_adapter(spec(tmp_path, timer="sundial"))
