@@ -186,3 +186,16 @@ def test_stock_adb_client_talks_to_the_daemon(tmp_path: Path) -> None:
             assert len(d.known_keys()) == 1
         finally:
             adb("kill-server")
+
+
+def test_usb_serial_without_libusb_names_the_extra(config_home: Path) -> None:
+    try:
+        import usb1  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("libusb1 is installed: this checks the message when it is not")
+    from compofa_bench.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match=r"compofa-bench\[android-usb\]"):
+        at.AdbConnection("R58M123ABC").connect()
