@@ -16,6 +16,7 @@ from compofa_bench.errors import CompofaError
 
 #: Command-group modules under compofa_bench.cli, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "devices",
     "profile",
     "results",

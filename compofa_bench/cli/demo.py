@@ -1,0 +1,101 @@
+"""``demo``: the main job end to end on one device (default: this machine's CPU)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from compofa_bench import spaces
+from compofa_bench.cli.common import console, print_json
+
+EPILOG = """\
+examples:
+  compofa-bench demo                                   # CompOFA on this CPU, a few minutes
+  compofa-bench demo --device cpu-ort-1t --sample 12   # one thread, a larger sample
+  compofa-bench demo --latency 8,12 --out out/mine     # your own targets (ms)
+
+Outputs (under --out): results.db (every measurement), lut.json (the lookup table),
+lut_validation.png, search/search.json, search/pareto.png and one folder per target with the
+arch (OFA dict), the exported model and its re-measured latency. A rerun resumes.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="profile -> lookup table -> validate -> search -> export -> re-measure",
+        description="Run the whole pipeline on one device: profile a sample of the space, build "
+        "its per-layer latency lookup table, validate the table against the end-to-end "
+        "measurements, search the best subnet for each latency target, export each winner and "
+        "measure it again on the device.\n\nAccuracy source: with --predictor, that predictor; "
+        "otherwise MACs, reported as a proxy (more MACs = presumed more accurate), because "
+        "the project ships no ImageNet-trained predictor of its own.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--device", default="cpu-ort", help="device name or TOML path (default cpu-ort)")
+    p.add_argument("--space", default="compofa", help="search space (default compofa)")
+    p.add_argument(
+        "--resolutions",
+        type=spaces.parse_resolutions,
+        default=(160, 224),
+        help="resolutions (default 160,224)",
+    )
+    p.add_argument("--sample", type=int, default=8, help="archs profiled end to end (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--latency",
+        default=None,
+        help="targets in ms, e.g. 8,12,16 (default: 3 spread over the space)",
+    )
+    p.add_argument(
+        "--predictor", default=None, help="accuracy predictor file (default: MACs proxy)"
+    )
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--json", action="store_true", help="print the final search document as JSON")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from compofa_bench.cli.profile import print_summary
+    from compofa_bench.cli.search import _print_human as print_search
+    from compofa_bench.demo import DemoConfig, run_demo
+    from compofa_bench.search import parse_targets
+
+    cfg = DemoConfig(
+        out_dir=args.out,
+        device=args.device,
+        space=args.space,
+        resolutions=tuple(args.resolutions),
+        sample=args.sample,
+        seed=args.seed,
+        targets=tuple(parse_targets(args.latency)) if args.latency else None,
+        predictor=args.predictor,
+    )
+    out = console()
+
+    def step(msg: str) -> None:
+        if not args.json:
+            out.rule(f"[bold]{msg}")
+
+    result = run_demo(cfg, step=step, show_progress=not args.json)
+    if args.json:
+        print_json(result.search)
+        return 0
+    out.rule("[bold]results")
+    print_summary(result.profile, cfg.store)
+    v = result.validation["uncalibrated"]
+    t = Table(title=f"lookup table {cfg.lut} vs {result.validation['n']} end-to-end measurements")
+    for col in ("layers", "RMSPE %", "within ±5%", "within ±10%", "Spearman"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        str(result.table_summary["entries"]),
+        f"{v['rmspe'] * 100:.1f}",
+        f"{v['within_5pct'] * 100:.0f}%",
+        f"{v['within_10pct'] * 100:.0f}%",
+        f"{v['spearman']:.3f}",
+    )
+    out.print(t)
+    print_search(result.search, str(cfg.out_dir) + "/search")
+    return 0

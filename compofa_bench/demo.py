@@ -1,0 +1,130 @@
+"""The main job, end to end on one device: profile, build a lookup table, validate it, search
+per latency target, export the winners and measure them again.
+
+Every step is the same library call its own command makes (``profile``, ``lut build``,
+``lut validate``, ``search --export``), chained on one results store so that nothing is
+measured twice and a rerun resumes where an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compofa_bench.errors import SearchError
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out_dir: str = "out/demo"
+    device: str = "cpu-ort"
+    space: str = "compofa"
+    resolutions: tuple[int, ...] = (160, 224)
+    sample: int = 8
+    seed: int = 0
+    #: latency targets in ms; None picks three from the table's range (25/50/75% quantiles)
+    targets: tuple[float, ...] | None = None
+    #: a predictor file (the project's own, or OFA's); None ranks by MACs, labelled a proxy
+    predictor: str | None = None
+    export: str = "onnx"
+
+    @property
+    def store(self) -> str:
+        return str(Path(self.out_dir) / "results.db")
+
+    @property
+    def lut(self) -> str:
+        return str(Path(self.out_dir) / "lut.json")
+
+
+@dataclass
+class DemoResult:
+    profile: list[Any]
+    table_summary: dict[str, Any]
+    validation: dict[str, Any]
+    targets: tuple[float, ...]
+    search: dict[str, Any]
+
+
+def auto_targets(lut_path: str, space_name: str, resolutions: tuple[int, ...]) -> tuple[float, ...]:
+    """Three targets spread over the space's predicted latencies, so every one is feasible and
+    they bind at different places."""
+    from compofa_bench import spaces
+    from compofa_bench.lut import LatencyTable
+
+    table = LatencyTable.load(lut_path)
+    space = spaces.get(space_name, resolutions)
+    if not space.is_enumerable(100_000):
+        sample = space.sample_many(2_000, np.random.default_rng(0))
+    else:
+        sample = list(space.enumerate())
+    lat = table.predict_ms(sample)
+    return tuple(round(float(q), 2) for q in np.quantile(lat, [0.25, 0.5, 0.75]))
+
+
+def run_demo(
+    cfg: DemoConfig, step: Callable[[str], None] = lambda _msg: None, show_progress: bool = True
+) -> DemoResult:
+    from compofa_bench import spaces
+    from compofa_bench.devices import load_device
+    from compofa_bench.export import SearchJob, run_search_job
+    from compofa_bench.lut.build import build_table
+    from compofa_bench.lut.validate import validate_table
+    from compofa_bench.profile import profile_archs, select_archs
+    from compofa_bench.store import ResultStore
+
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    device = load_device(cfg.device)
+    space = spaces.get(cfg.space, cfg.resolutions)
+
+    step(f"1/4 profile {cfg.sample} random {space.name} archs at {list(space.resolutions)}")
+    # validate_table draws its archs the same way, so step 3 reuses these measurements.
+    archs = select_archs(space.name, sample=cfg.sample, seed=cfg.seed, resolutions=cfg.resolutions)
+    with ResultStore(cfg.store) as store:
+        summaries = profile_archs(
+            archs, [device], store, space=space.name, base=space.base, show_progress=show_progress
+        )
+
+    step(f"2/4 build the per-layer lookup table of {space.name} on {device.name}")
+    _table, table_summary = build_table(
+        device, space, store_path=cfg.store, out=cfg.lut, show_progress=show_progress
+    )
+
+    step("3/4 validate the table against the end-to-end measurements")
+    validation = validate_table(
+        cfg.lut,
+        device,
+        space_name=space.name,
+        n_sample=cfg.sample,
+        seed=cfg.seed,
+        store_path=cfg.store,
+        plot=Path(cfg.out_dir) / "lut_validation.png",
+        show_progress=show_progress,
+    )
+
+    targets = cfg.targets or auto_targets(cfg.lut, space.name, cfg.resolutions)
+    if not targets:
+        raise SearchError("no latency targets")
+    step(
+        f"4/4 search {space.name} for targets {list(targets)} ms, export to {cfg.export} and "
+        f"measure the winners on {device.name}"
+    )
+    job = SearchJob(
+        space=space.name,
+        targets=tuple(targets),
+        out_dir=str(Path(cfg.out_dir) / "search"),
+        lut=cfg.lut,
+        predictor=cfg.predictor,
+        accuracy_proxy=None if cfg.predictor else "macs",
+        resolutions=cfg.resolutions,
+        seed=cfg.seed,
+        export=cfg.export,
+        device=cfg.device,
+        store=cfg.store,
+    )
+    doc = run_search_job(job)
+    return DemoResult(summaries, table_summary, validation, tuple(targets), doc)
