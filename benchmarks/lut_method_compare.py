@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=60)
     ap.add_argument("--calibrate", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    # The committed lut_cpu_ort.py run sampled its validation archs at these resolutions.
+    ap.add_argument("--resolutions", default="160,192,224")
     ap.add_argument("--out", default="benchmarks/lut_method_compare.json")
     args = ap.parse_args()
 
@@ -141,7 +143,7 @@ def main() -> None:
         provenance={"method": "ort per-operator profiler"},
     )
 
-    space = spaces.get("compofa", res)
+    space = spaces.get("compofa", spaces.parse_resolutions(args.resolutions))
     archs = space.sample_many(args.sample + args.calibrate, np.random.default_rng(args.seed))
     val, cal = archs[: args.sample], archs[args.sample :]
     with ResultStore(args.store, readonly=True) as store:

@@ -115,6 +115,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fit a calibration on M other archs and store it in the table",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resolutions",
+        type=spaces.parse_resolutions,
+        default=None,
+        help="sample archs at these resolutions (default: all of the table's)",
+    )
     p.add_argument("--store", default="results.db")
     p.add_argument("--plot", default=None, help="write a predicted-vs-measured scatter PNG")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -131,9 +137,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=help_formatter(),
         description="OFA/CompOFA tables carry no width: give it (the Note10 tables are for the "
         "w1.2 supernet).\n\nExample:\n  compofa-bench lut import-ofa latency_table@note10/ "
-        "--width-mult 1.2 --out note10.json",
+        "--width-mult 1.2 --out note10.json\n"
+        "A single yaml file of one resolution (read from its Conv key) works too, e.g. "
+        "ProxylessNAS's phone table:\n  compofa-bench lut import-ofa mobile_trim.yaml "
+        "--base proxyless --width-mult 1.0 --out proxyless_mobile.json",
     )
-    p.add_argument("directory", metavar="DIR")
+    p.add_argument("directory", metavar="DIR", help="directory of <R>_lookup_table.yaml, or a file")
     p.add_argument("--width-mult", type=float, required=True)
     p.add_argument("--base", default="mbv3")
     p.add_argument("--n-classes", type=int, default=1000)
@@ -308,6 +317,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         seed=args.seed,
         store_path=args.store,
         plot=args.plot,
+        resolutions=args.resolutions,
     )
     if args.json:
         print_json(report)

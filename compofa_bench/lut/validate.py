@@ -142,6 +142,7 @@ def validate_table(
     store_path: str | Path = "results.db",
     plot: str | Path | None = None,
     show_progress: bool = True,
+    resolutions: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Measure ``n_sample`` random archs end to end and compare with the table.
 
@@ -157,8 +158,8 @@ def validate_table(
     table = LatencyTable.load(lut_path)
     spec = device if isinstance(device, DeviceSpec) else load_device(device)
     space = spaces.get(space_name)
-    usable = [r for r in space.resolutions if r in table.resolutions] or list(table.resolutions)
-    space = space.with_resolutions(usable)
+    # Validate where the table claims to work: every resolution it holds (unless narrowed).
+    space = space.with_resolutions(resolutions or table.resolutions)
     rng = np.random.default_rng(seed)
     archs = space.sample_many(n_sample + n_calibrate, rng)
     missing = table.missing_keys(archs)
