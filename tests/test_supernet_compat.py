@@ -1,0 +1,165 @@
+"""Our supernet against the ofa package's OFAMobileNetV3: same keys, same logits, same counts.
+
+The OFA net is randomly initialised and then its BN statistics/affine parameters, SE biases and
+kernel-transform matrices are randomised, so a wrong slice, a missing transform or a swapped
+activation shows up in the logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compofa_bench import spaces, supernet
+
+ofa_nets = pytest.importorskip("ofa.imagenet_classification.elastic_nn.networks")
+ofa_utils = pytest.importorskip("ofa.utils")
+
+WIDTHS = (1.0, 1.2)
+SPACES = ("ofa", "compofa", "compofa-ek")
+RESOLUTIONS = (128, 144, 160)
+N_ARCHS = 30
+REL_TOL = 1e-4
+
+
+def randomize_ofa(net: nn.Module, seed: int) -> None:
+    """Make every parameter and BN statistic matter (defaults are identities/zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("_matrix"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.15)
+            elif name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+
+
+def make_ofa(width: float, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = ofa_nets.OFAMobileNetV3(
+        ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], width_mult=width
+    )
+    randomize_ofa(net, seed + 1)
+    return net.eval()
+
+
+def macs_and_output(net: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Integer MACs by OFA's rules (convs and linears only) plus the forward output.
+
+    ofa.utils.count_net_flops accumulates in float32 and so rounds large counts."""
+    total = [0]
+
+    def conv_hook(m: nn.Conv2d, _inp: object, out: torch.Tensor) -> None:
+        k = m.weight.shape[2] * m.weight.shape[3]
+        total[0] += m.in_channels * out.numel() // out.shape[0] * k // m.groups
+
+    def linear_hook(m: nn.Linear, _inp: object, _out: object) -> None:
+        total[0] += m.in_features * m.out_features
+
+    hooks = []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            out = net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0] // x.shape[0], out
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many small ops: one intra-op thread is faster than two fighting over a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pair_cache() -> dict[float, tuple[nn.Module, supernet.ElasticSupernet]]:
+    return {}
+
+
+def get_pair(cache: dict, width: float) -> tuple[nn.Module, supernet.ElasticSupernet]:
+    if width not in cache:
+        ofa = make_ofa(width)
+        ours = supernet.build("mbv3", width_mult=width)
+        ours.load_ofa_state_dict(ofa.state_dict())
+        cache[width] = (ofa, ours.eval())
+    return cache[width]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_state_dict_keys_and_shapes_identical(pair_cache: dict, width: float) -> None:
+    ofa, ours = get_pair(pair_cache, width)
+    ofa_sd, our_sd = ofa.state_dict(), ours.state_dict()
+    assert list(our_sd) == list(ofa_sd)
+    assert {k: tuple(v.shape) for k, v in our_sd.items()} == {
+        k: tuple(v.shape) for k, v in ofa_sd.items()
+    }
+    for k, v in our_sd.items():
+        assert torch.equal(v, ofa_sd[k]), k
+
+
+@pytest.mark.parametrize("space_name", SPACES)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_logits_and_counts_match_ofa(pair_cache: dict, width: float, space_name: str) -> None:
+    ofa, ours = get_pair(pair_cache, width)
+    space = spaces.get(space_name, resolutions=RESOLUTIONS)
+    rng = np.random.default_rng(100 * WIDTHS.index(width) + SPACES.index(space_name))
+    archs = space.sample_many(N_ARCHS, rng)
+    assert len({a.resolution for a in archs}) > 1
+    gen = torch.Generator().manual_seed(7)
+    for i, arch in enumerate(archs):
+        r = arch.resolution
+        x = torch.randn(1, 3, r, r, generator=gen)
+        spec = arch.to_ofa()
+        ofa.set_active_subnet(ks=spec["ks"], e=spec["e"], d=spec["d"])
+        ofa_sub = ofa.get_active_subnet().eval()
+        ours.set_active(arch)
+        sub = ours.extract(arch).eval()
+        with torch.no_grad():
+            ref = ofa(x)
+            got = ours(x)
+        ofa_macs, ref_sub = macs_and_output(ofa_sub, x)
+        our_macs, got_sub = macs_and_output(sub, x)
+        assert rel_diff(got, ref) <= REL_TOL, (arch.key(), rel_diff(got, ref))
+        assert rel_diff(got_sub, ref_sub) <= REL_TOL, (arch.key(), rel_diff(got_sub, ref_sub))
+
+        macs = supernet.count_macs(arch, width_mult=width)
+        params = supernet.count_params(arch, width_mult=width)
+        assert macs == ofa_macs == our_macs, arch.key()
+        assert params == ofa_utils.count_parameters(ofa_sub), arch.key()
+        assert params == sum(p.numel() for p in sub.parameters()), arch.key()
+        if i < 3:
+            # OFA's own counter, within its float32 accumulation error.
+            flops = ofa_utils.count_net_flops(ofa_sub, (1, 3, r, r))
+            assert abs(flops - macs) <= 1e-6 * macs, (flops, macs)
+
+
+def test_largest_subnet_matches_at_224(pair_cache: dict) -> None:
+    ofa, ours = get_pair(pair_cache, 1.0)
+    arch = spaces.get("ofa").largest(224)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    ofa.set_max_net()
+    with torch.no_grad():
+        ref = ofa(x)
+        ours.set_active(arch)
+        got = ours(x)
+    assert rel_diff(got, ref) <= REL_TOL
