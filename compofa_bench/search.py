@@ -284,10 +284,12 @@ class MeasuredLatency:
         n_classes: int = 1000,
         space: str | None = None,
         show_progress: bool = True,
+        protocol_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.device, self.store_path = device, store_path
         self.width_mult, self.base, self.n_classes = width_mult, base, n_classes
         self.space, self.show_progress = space, show_progress
+        self.protocol_overrides = dict(protocol_overrides or {})
         self.name = f"measured on {device}"
         self._memo: dict[Arch, float] = {}
 
@@ -308,6 +310,7 @@ class MeasuredLatency:
                     width_mult=self.width_mult,
                     n_classes=self.n_classes,
                     show_progress=self.show_progress,
+                    protocol_overrides=self.protocol_overrides,
                 )
                 got = store.lookup_many(
                     [a.key() for a in todo],

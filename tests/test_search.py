@@ -246,3 +246,38 @@ def test_keys_ignore_inactive_slots() -> None:
     b = ArchArrays(ks, np.array([x.e]), np.array([x.d]), np.array([160]))
     assert S.arch_keys(a, space.stage_sizes) == S.arch_keys(b, space.stage_sizes)
     assert math.isfinite(S.MacsLatency().additive(space).evaluate(b)[0])
+
+
+@pytest.mark.slow
+def test_measured_latency_is_memoized_in_the_store(tmp_path) -> None:
+    from compofa_bench.store import ResultStore
+
+    space = spaces.get("compofa", [64])
+    fast = {"warmup_runs": 1, "warmup_min_s": 0.0, "min_runs": 3, "min_s": 0.0, "max_s": 1.0}
+    store = str(tmp_path / "r.db")
+    cfg = S.EvolutionConfig(population_size=4, generations=1)
+
+    def run():
+        src = S.MeasuredLatency(
+            "cpu-ort-1t", store, space="compofa", show_progress=False, protocol_overrides=fast
+        )
+        return S.search(
+            space,
+            S.MacsProxy(space),
+            src,
+            [1000.0],
+            np.random.default_rng(0),
+            method="evolution",
+            config=cfg,
+        )
+
+    first = run()
+    with ResultStore(store) as st:
+        n = st.count()
+    assert n >= 4
+    r = first.results[0]
+    assert r.feasible and r.cost > 0
+    again = run()  # same seed, same archs: all answered from the store
+    with ResultStore(store) as st:
+        assert st.count() == n
+    assert again.results[0].arch == r.arch and again.results[0].cost == r.cost
