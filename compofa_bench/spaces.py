@@ -38,6 +38,10 @@ COMPOFA_COUPLING: tuple[tuple[int, int], ...] = ((2, 3), (3, 4), (4, 6))
 #: The layout of the MobileNetV3 OFA supernet: 5 elastic stages of up to 4 layers.
 MBV3_STAGE_SIZES = (4, 4, 4, 4, 4)
 
+#: The layout of the ProxylessNAS OFA supernet: 5 elastic stages of up to 4 layers and a last
+#: stage of a single block (OFA's ``ks``/``e`` lists have 21 entries, ``d`` has 6, the last 1).
+PROXYLESS_STAGE_SIZES = (4, 4, 4, 4, 4, 1)
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -59,6 +63,8 @@ class Arch:
         _check_shape(self.ks, self.e, self.d, self.stage_sizes)
         if not isinstance(self.resolution, int) or isinstance(self.resolution, bool):
             raise ArchError(f"resolution: expected an integer, got {self.resolution!r}")
+        if self.resolution < 1:
+            raise ArchError(f"resolution: expected a positive size, got {self.resolution}")
         ks, e = _normalize(self.ks, self.e, self.d, self.stage_sizes)
         object.__setattr__(self, "ks", ks)
         object.__setattr__(self, "e", e)
@@ -450,12 +456,14 @@ class SearchSpace:
                     )
                 x = arch.e[slot]
                 if self.coupling is not None:
-                    want = dict(self.coupling)[depth]
-                    if x != want:
+                    # A depth may pair with several ratios (ProxylessNAS's single-block stage).
+                    want = [e for d, e in self._stage_options(stage) if d == depth]
+                    if x not in want:
                         raise ArchError(
                             f"e[{slot}] (stage {stage}, layer {layer}): expand ratio {x} with "
                             f"depth {depth}; space {self.name} couples depth {depth} with expand "
-                            f"{want} (allowed pairs: {[list(p) for p in self.coupling]})"
+                            f"{_one_or_list(want)} (allowed pairs: "
+                            f"{[list(p) for p in self._stage_options(stage)]})"
                         )
                 elif x not in self.expand_choices:
                     raise ArchError(
@@ -482,7 +490,7 @@ class SearchSpace:
         d: list[int] = []
         for stage in range(self.n_stages):
             start, size = self._stage_starts[stage], self.stage_sizes[stage]
-            depth, coupled_e = pick(self._stage_options(stage), key=lambda o: o[0])
+            depth, coupled_e = pick(self._stage_options(stage), key=lambda o: (o[0], o[1] or 0))
             d.append(depth)
             ks.extend(pick(self.kernel_choices[start + j]) for j in range(size))
             e.extend([coupled_e if coupled_e is not None else pick(self.expand_choices)] * size)
@@ -508,6 +516,10 @@ class SearchSpace:
             "structures": self.structure_count(),
             "size": self.size(),
         }
+
+
+def _one_or_list(values: Sequence[int | None]) -> str:
+    return str(values[0]) if len(values) == 1 else f"one of {list(values)}"
 
 
 def _pick(choices: Sequence[int], rng: np.random.Generator) -> int:
@@ -566,6 +578,30 @@ def _fixed_kernels(per_stage: Sequence[int], stage_sizes: Sequence[int]) -> tupl
     return tuple((k,) for k, n in zip(per_stage, stage_sizes, strict=True) for _ in range(n))
 
 
+def _proxyless_space(name: str, description: str, **kwargs: Any) -> SearchSpace:
+    n_layers = sum(PROXYLESS_STAGE_SIZES)
+    defaults: dict[str, Any] = {
+        "base": "proxyless",
+        "stage_sizes": PROXYLESS_STAGE_SIZES,
+        "kernel_choices": ((3, 5, 7),) * n_layers,
+        "expand_choices": (3, 4, 6),
+        "depth_choices": ((2, 3, 4),) * (len(PROXYLESS_STAGE_SIZES) - 1) + ((1,),),
+        "width_mults": (1.0, 1.3),
+    }
+    defaults.update(kwargs)
+    return SearchSpace(name=name, description=description, **defaults)
+
+
+#: CompOFA's coupling on ProxylessNAS. The single-block last stage has no depth to couple with;
+#: its expand ratio stays one free per-stage gene (depth 1 with 3, 4 or 6), so every stage keeps
+#: three choices, as in CompOFA, and the last block's width is searchable as in OFA.
+COMPOFA_PROXYLESS_COUPLING: tuple[tuple[int, int], ...] = (
+    *COMPOFA_COUPLING,
+    (1, 3),
+    (1, 4),
+    (1, 6),
+)
+
 #: Kernels CompOFA fixes per MobileNetV3 stage in its fixed-kernel space.
 COMPOFA_KERNELS = (3, 5, 3, 3, 5)
 
@@ -587,6 +623,18 @@ def _builtin() -> dict[str, SearchSpace]:
             "compofa-ek",
             "CompOFA MobileNetV3 with elastic kernel {3,5,7} per layer; depth/expand coupled",
             coupling=COMPOFA_COUPLING,
+        ),
+        _proxyless_space(
+            "ofa-proxyless",
+            "OFA ProxylessNAS: per-layer kernel {3,5,7} and expand {3,4,6}, per-stage depth "
+            "{2,3,4}; the last stage is a single block",
+        ),
+        _proxyless_space(
+            "compofa-proxyless",
+            "CompOFA ProxylessNAS, kernel 3 everywhere; depth/expand coupled (2,3),(3,4),(4,6) "
+            "in stages 1-5, expand {3,4,6} in the single-block last stage: 729 architectures",
+            kernel_choices=((3,),) * sum(PROXYLESS_STAGE_SIZES),
+            coupling=COMPOFA_PROXYLESS_COUPLING,
         ),
     ]
     return {s.name: s for s in spaces}

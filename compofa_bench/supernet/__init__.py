@@ -4,7 +4,7 @@ Typical use::
 
     from compofa_bench import spaces, supernet
 
-    net = supernet.build("mbv3", width_mult=1.0)
+    net = supernet.build("mbv3", width_mult=1.0)               # or "proxyless" (w1.0, w1.3)
     net.load_checkpoint("ofa_mbv3_d234_e346_k357_w1.0")      # OFA or CompOFA file
     arch = spaces.get("compofa").sample(np.random.default_rng(0))
     net.set_active(arch); logits = net(images)                 # run inside the supernet
@@ -20,12 +20,18 @@ from compofa_bench.errors import SupernetError
 from compofa_bench.spaces import Arch
 from compofa_bench.supernet.bn import recalibrate_bn
 from compofa_bench.supernet.counting import layer_macs, layer_params, total_macs, total_params
-from compofa_bench.supernet.geometry import LayerSpec, MBV3Config, mbv3_layer_specs
+from compofa_bench.supernet.geometry import (
+    LayerSpec,
+    MBV3Config,
+    ProxylessConfig,
+    mbv3_layer_specs,
+    proxyless_layer_specs,
+)
 from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig
 from compofa_bench.supernet.static_layers import StaticNet, build_layer, layer_input_shape
 
 #: Supernet bases this package can build.
-BASES = ("mbv3",)
+BASES = ("mbv3", "proxyless")
 
 __all__ = [
     "BASES",
@@ -59,6 +65,12 @@ def build(
     """A randomly initialised supernet with OFA's structure and state-dict key names
     (kernels 3/5/7, expand 3/4/6, depth up to 4). Load weights with ``load_checkpoint``."""
     _check_base(base)
+    if base == "proxyless":
+        from compofa_bench.supernet.proxyless import build_proxyless
+
+        return build_proxyless(
+            width_mult=width_mult, n_classes=n_classes, dropout_rate=dropout_rate
+        )
     from compofa_bench.supernet.mbv3 import build_mbv3
 
     return build_mbv3(width_mult=width_mult, n_classes=n_classes, dropout_rate=dropout_rate)
@@ -71,6 +83,10 @@ def layer_specs(
     _check_base(base)
     if width_mult <= 0:
         raise SupernetError(f"width_mult must be positive, got {width_mult}")
+    if base == "proxyless":
+        return proxyless_layer_specs(
+            arch, ProxylessConfig(width_mult=width_mult, n_classes=n_classes)
+        )
     return mbv3_layer_specs(arch, MBV3Config(width_mult=width_mult, n_classes=n_classes))
 
 

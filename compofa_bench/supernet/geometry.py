@@ -151,3 +151,88 @@ def mbv3_layer_specs(arch: Arch, cfg: MBV3Config) -> list[LayerSpec]:
     specs.append(LayerSpec("Conv_2", 1, fe, 1, last, kernel=1, act="h_swish", use_bn=False))
     specs.append(LayerSpec("Logits", 1, last, 1, cfg.n_classes))
     return specs
+
+
+@dataclass(frozen=True)
+class ProxylessConfig:
+    """ProxylessNAS OFA supernet layout (OFAProxylessNASNets in the ofa package).
+
+    Six elastic stages; the last holds a single block. ReLU6 everywhere, no SE. The head is a
+    1x1 feature-mix conv (BN + ReLU6) on the final feature map, then global pooling and the
+    classifier, so OFA's tables key it as ``Conv_1`` and ``Logits`` (pooling included).
+    """
+
+    width_mult: float = 1.0
+    n_classes: int = 1000
+    base_stage_width: tuple[int, ...] = (32, 16, 24, 40, 80, 96, 192, 320, 1280)
+    stride_stages: tuple[int, ...] = (2, 2, 2, 1, 2, 1)
+    act: str = "relu6"
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Rounded widths: stem, first block, then the 6 elastic stages."""
+        return tuple(make_divisible(w * self.width_mult, 8) for w in self.base_stage_width[:-1])
+
+    @property
+    def last_channel(self) -> int:
+        return make_divisible(self.base_stage_width[-1] * self.width_mult, 8)
+
+
+def proxyless_layer_specs(arch: Arch, cfg: ProxylessConfig) -> list[LayerSpec]:
+    """Every layer the ProxylessNAS subnet ``arch`` runs, in order.
+
+    ``expand_ratio`` is what OFA's ProxylessNAS tables key on (``expand:<ratio>``); the first
+    block has ratio 1 and no expand conv.
+    """
+    widths = cfg.widths
+    n_stages = len(widths) - 2
+    if len(arch.d) != n_stages:
+        raise SupernetError(f"ProxylessNAS has {n_stages} stages; arch has {len(arch.d)}")
+    r = arch.resolution
+    hw = conv_out_size(r, 2)
+    stem_c, first_c = widths[0], widths[1]
+    specs = [
+        LayerSpec("Conv", r, 3, hw, stem_c, kernel=3, stride=2, act=cfg.act),
+        # OFA builds the first block without a shortcut even where shapes would allow one.
+        LayerSpec(
+            "expanded_conv",
+            hw,
+            stem_c,
+            hw,
+            first_c,
+            mid_c=stem_c,
+            kernel=3,
+            stride=1,
+            idskip=False,
+            act=cfg.act,
+            expand_ratio=1.0,
+            has_expand_conv=False,
+        ),
+    ]
+    in_c = first_c
+    for stage, slot, layer in arch.active_layers():
+        out_c = widths[stage + 2]
+        stride = cfg.stride_stages[stage] if layer == 0 else 1
+        out_hw = conv_out_size(hw, stride)
+        e = arch.e[slot]
+        specs.append(
+            LayerSpec(
+                "expanded_conv",
+                hw,
+                in_c,
+                out_hw,
+                out_c,
+                mid_c=middle_channels(in_c, e),
+                kernel=arch.ks[slot],
+                stride=stride,
+                idskip=stride == 1 and in_c == out_c,
+                act=cfg.act,
+                expand_ratio=float(e),
+            )
+        )
+        hw, in_c = out_hw, out_c
+    last = cfg.last_channel
+    specs.append(LayerSpec("Conv_1", hw, in_c, hw, last, kernel=1, act=cfg.act))
+    # Logits keeps the feature-map size: it stands for pooling + classifier, as in OFA's table.
+    specs.append(LayerSpec("Logits", hw, last, 1, cfg.n_classes))
+    return specs

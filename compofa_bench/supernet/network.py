@@ -8,8 +8,9 @@ checkpoints and reorganising middle channels for training.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,15 +179,25 @@ class ElasticSupernet(nn.Module):
             )
             blocks.append(Residual(body, src.shortcut))
         head: list[tuple[str, nn.Module]] = []
-        for spec in specs:
-            if spec.kind in self.head_names:
-                name = self.head_names[spec.kind]
-                module = _materialize(
-                    lambda s=spec: build_layer(s, self.config.dropout_rate),
-                    getattr(self, name).state_dict(),
-                    device,
-                )
-                head.append((name, module))
+        # The classifier always sees the pooled vector here: pooling is a head module of its own
+        # even where the geometry folds it into Logits (in_hw > 1).
+        head_specs = {
+            self.head_names[s.kind]: replace(s, in_hw=1) if s.kind == "Logits" else s
+            for s in specs
+            if s.kind in self.head_names
+        }
+        for name in self.head_order:
+            if name not in head_specs:
+                # A head module with no layer of its own in the geometry (ProxylessNAS's global
+                # pooling, which its tables fold into Logits): weight-free, so a copy will do.
+                head.append((name, copy.deepcopy(getattr(self, name))))
+                continue
+            module = _materialize(
+                lambda s=head_specs[name]: build_layer(s, self.config.dropout_rate),
+                getattr(self, name).state_dict(),
+                device,
+            )
+            head.append((name, module))
         net = StaticNet(first_conv, blocks, head, resolution=arch.resolution)
         _copy_bn_settings(self, net)
         return net.train(self.training)

@@ -247,6 +247,11 @@ def build_layer(spec: LayerSpec, dropout_rate: float = 0.0) -> nn.Module:
         module = Residual(body, spec.idskip)
     elif spec.kind == "AvgPool2D":
         module = nn.AdaptiveAvgPool2d(1)
+    elif spec.kind == "Logits" and spec.in_hw > 1:
+        # A Logits layer on a feature map (ProxylessNAS tables) includes the global pooling.
+        module = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), LinearHead(spec.in_c, spec.out_c, dropout_rate)
+        )
     elif spec.kind == "Logits":
         module = LinearHead(spec.in_c, spec.out_c, dropout_rate)
     else:
@@ -258,6 +263,6 @@ def layer_input_shape(spec: LayerSpec, batch_size: int = 1) -> tuple[int, ...]:
     """NCHW input shape of :func:`build_layer`'s module (``(N, C)`` for ``Logits``)."""
     if batch_size < 1:
         raise SupernetError(f"batch size must be >= 1, got {batch_size}")
-    if spec.kind == "Logits":
+    if spec.kind == "Logits" and spec.in_hw <= 1:
         return (batch_size, spec.in_c)
     return (batch_size, spec.in_c, spec.in_hw, spec.in_hw)
