@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 from compofa_bench.errors import LutError
 from compofa_bench.spaces import Arch
-from compofa_bench.supernet.geometry import LayerSpec, MBV3Config, mbv3_layer_specs
+from compofa_bench.supernet.geometry import (
+    LayerSpec,
+    MBV3Config,
+    ProxylessConfig,
+    mbv3_layer_specs,
+    proxyless_layer_specs,
+)
 
 KeyFn = Callable[[LayerSpec], str]
 SpecsFn = Callable[[Arch, float, int], list[LayerSpec]]
@@ -59,9 +65,39 @@ def ofa_mbv3_key(spec: LayerSpec) -> str:
     raise LutError(f"key style ofa-mbv3 has no key for layer kind {spec.kind!r}")
 
 
+def ofa_proxyless_key(spec: LayerSpec) -> str:
+    """OFA's ProxylessNAS table key (``ProxylessNASLatencyTable.query``) for one layer.
+
+    ``expand`` is the expansion *ratio* (``expand:6``; the first block's is 1), there is no
+    SE/activation field, and ``Logits`` (pooling + classifier) is keyed by the feature map it
+    pools: ``Logits-input:7x7x1280-output:1000``.
+    """
+    inp = f"input:{_shape(spec.in_hw, spec.in_c)}"
+    if spec.kind == "Logits":
+        return f"Logits-{inp}-output:{spec.out_c}"
+    out = f"output:{_shape(spec.out_hw, spec.out_c)}"
+    if spec.kind == "expanded_conv":
+        if spec.expand_ratio != int(spec.expand_ratio):
+            raise LutError(f"key style ofa-proxyless needs an integer expand ratio, not {spec}")
+        return "-".join(
+            (
+                "expanded_conv",
+                inp,
+                out,
+                f"expand:{int(spec.expand_ratio)}",
+                f"kernel:{spec.kernel}",
+                f"stride:{spec.stride}",
+                f"idskip:{int(spec.idskip)}",
+            )
+        )
+    if spec.kind in ("Conv", "Conv_1"):
+        return f"{spec.kind}-{inp}-{out}"
+    raise LutError(f"key style ofa-proxyless has no key for layer kind {spec.kind!r}")
+
+
 #: Key styles by name. A base that needs another key form (e.g. ProxylessNAS tables keyed by
 #: expand *ratio*) adds its function here and names it in its BaseLayout.
-KEY_STYLES: dict[str, KeyFn] = {"ofa-mbv3": ofa_mbv3_key}
+KEY_STYLES: dict[str, KeyFn] = {"ofa-mbv3": ofa_mbv3_key, "ofa-proxyless": ofa_proxyless_key}
 
 
 def _mbv3_specs(arch: Arch, width_mult: float, n_classes: int) -> list[LayerSpec]:
@@ -89,8 +125,16 @@ class BaseLayout:
         return [(fn(s), s) for s in self.specs(arch, width_mult, n_classes)]
 
 
+def _proxyless_specs(arch: Arch, width_mult: float, n_classes: int) -> list[LayerSpec]:
+    return proxyless_layer_specs(arch, ProxylessConfig(width_mult=width_mult, n_classes=n_classes))
+
+
 def _layouts() -> dict[str, BaseLayout]:
-    return {"mbv3": BaseLayout("mbv3", "ofa-mbv3", _mbv3_specs, n_prefix=2)}
+    return {
+        "mbv3": BaseLayout("mbv3", "ofa-mbv3", _mbv3_specs, n_prefix=2),
+        # Stem and the fixed first block, then the slots, then Conv_1 and Logits.
+        "proxyless": BaseLayout("proxyless", "ofa-proxyless", _proxyless_specs, n_prefix=2),
+    }
 
 
 def layout(base: str) -> BaseLayout:

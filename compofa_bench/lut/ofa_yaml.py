@@ -54,6 +54,42 @@ def read_ofa_yaml(path: Path) -> dict[str, LutEntry]:
     return out
 
 
+_STEM_RE = re.compile(r"^Conv-input:(\d+)x(\d+)x3-")
+
+
+def import_ofa_file(
+    path: str | Path,
+    width_mult: float,
+    base: str = "mbv3",
+    n_classes: int = 1000,
+    resolution: int | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> LatencyTable:
+    """One yaml file of one resolution, such as ProxylessNAS's ``mobile_trim.yaml`` (224).
+
+    Without ``resolution`` it is read from the stem's key (``Conv-input:224x224x3-...``)."""
+    p = Path(path)
+    entries = read_ofa_yaml(p)
+    if resolution is None:
+        found = {int(m.group(1)) for k in entries if (m := _STEM_RE.match(k))}
+        if len(found) != 1:
+            raise LutError(
+                f"{p}: cannot tell its resolution from a 'Conv-input:RxRx3' key "
+                f"(found {sorted(found) or 'none'}); give the resolution"
+            )
+        resolution = found.pop()
+    prov = {"source": "ofa-yaml", "imported_from": str(p.resolve()), "files": [p.name]}
+    prov.update(provenance or {})
+    return LatencyTable(
+        base=base,
+        width_mult=width_mult,
+        entries={int(resolution): entries},
+        n_classes=n_classes,
+        statistic="mean",
+        provenance=prov,
+    )
+
+
 def import_ofa_dir(
     directory: str | Path,
     width_mult: float,
@@ -67,6 +103,8 @@ def import_ofa_dir(
     tables are for the w1.2 supernet). Predictions sum the ``mean``, as OFA does.
     """
     d = Path(directory)
+    if d.is_file():
+        return import_ofa_file(d, width_mult, base, n_classes, provenance=provenance)
     if not d.is_dir():
         raise LutError(f"{d} is not a directory of <R>_lookup_table.yaml files")
     files = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _FILE_RE.match(p.name)))
