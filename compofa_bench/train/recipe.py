@@ -79,8 +79,11 @@ class Phase:
             else:
                 changes["expand_choices"] = tuple(x for x in base.expand_choices if x in self.e)
         if self.d:
+            # A stage of fixed depth (ProxylessNAS's single-block last stage) is not elastic:
+            # a depth restriction leaves it alone.
             changes["depth_choices"] = tuple(
-                tuple(x for x in choices if x in self.d) for choices in base.depth_choices
+                tuple(x for x in choices if x in self.d) if len(choices) > 1 else choices
+                for choices in base.depth_choices
             )
         return dataclasses.replace(base, **changes) if changes else base
 
@@ -231,8 +234,13 @@ def _validate(r: Recipe, source: str) -> None:
 
     if r.space not in spaces.names():
         fail(f"space: unknown space {r.space!r} (known: {', '.join(spaces.names())})")
-    if r.base != "mbv3":
-        fail(f"base: only 'mbv3' is supported, not {r.base!r}")
+    bases = sorted({sp.base for sp in map(spaces.get, spaces.names())})
+    if r.base not in bases:
+        fail(f"base: unknown base {r.base!r} (known: {', '.join(bases)})")
+    if r.space in spaces.names() and spaces.get(r.space).base != r.base:
+        fail(
+            f"space: {r.space} is a {spaces.get(r.space).base} space; the recipe's base is {r.base}"
+        )
     if not r.width_mult > 0:
         fail(f"width_mult must be positive, got {r.width_mult}")
     if r.batch_size <= 0:
@@ -256,6 +264,8 @@ def _validate(r: Recipe, source: str) -> None:
         names.add(p.name)
         if p.space not in spaces.names():
             fail(f"{w}: space: unknown space {p.space!r} (known: {', '.join(spaces.names())})")
+        if spaces.get(p.space).base != r.base:
+            fail(f"{w}: space: {p.space} is a {spaces.get(p.space).base} space, not {r.base}")
         if not p.epochs > 0:
             fail(f"{w}: epochs must be positive, got {p.epochs}")
         if not p.lr > 0:
