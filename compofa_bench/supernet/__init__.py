@@ -83,6 +83,8 @@ def layer_specs(
     _check_base(base)
     if width_mult <= 0:
         raise SupernetError(f"width_mult must be positive, got {width_mult}")
+    if n_classes < 1:
+        raise SupernetError(f"n_classes must be >= 1, got {n_classes}")
     if base == "proxyless":
         return proxyless_layer_specs(
             arch, ProxylessConfig(width_mult=width_mult, n_classes=n_classes)
