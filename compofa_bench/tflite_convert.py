@@ -14,12 +14,15 @@ module's structure and weights are hashed instead, so a cache hit can never be a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -284,17 +287,56 @@ def convert_cached(
     shape = _check_shape(input_shape)
     if out_path is None and cache_dir is None:
         raise ExportError("to_tflite needs an out_path or a cache_dir")
-    cached_file: Path | None = None
-    if cache_dir is not None:
-        key = cache_key if cache_key is not None else "digest:" + module_digest(module)
-        cached_file = Path(cache_dir) / cache_name(key, shape, precision)
-        if cached_file.is_file() and cached_file.stat().st_size > 0:
+    if cache_dir is None:
+        return _convert_checked(module, shape, Path(out_path), precision, parity, rtol, atol)  # type: ignore[arg-type]
+    key = cache_key if cache_key is not None else "digest:" + module_digest(module)
+    cached_file = Path(cache_dir) / cache_name(key, shape, precision)
+    if _usable(cached_file):
+        return ConversionInfo(_deliver(cached_file, out_path), True, 0.0, None)
+    cached_file.parent.mkdir(parents=True, exist_ok=True)
+    # Several devices profiled at once convert the same archs: the first converts, the others
+    # wait on the lock and then find the file (threads and processes alike).
+    with _file_lock(cached_file.with_name(cached_file.name + ".lock")):
+        if _usable(cached_file):
             return ConversionInfo(_deliver(cached_file, out_path), True, 0.0, None)
-    target = cached_file if cached_file is not None else Path(out_path)  # type: ignore[arg-type]
+        info = _convert_checked(module, shape, cached_file, precision, parity, rtol, atol)
+    return ConversionInfo(
+        _deliver(info.path, out_path), False, info.convert_s, info.parity, info.parity_s
+    )
+
+
+def _usable(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no cross-process lock, still correct
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _convert_checked(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    target: Path,
+    precision: str,
+    parity: bool,
+    rtol: float,
+    atol: float,
+) -> ConversionInfo:
     t0 = time.perf_counter()
-    # Convert next to the target under a temporary name: a failed parity check must not leave a
-    # file that a later run would take for a good cached conversion.
-    staging = target.with_name(f".{target.stem}.staging.tflite")
+    # Convert next to the target under a name of our own: a failed parity check must not leave
+    # a file that a later run would take for a good conversion.
+    staging = target.with_name(f".{target.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tflite")
     convert(module, shape, staging, precision)
     convert_s = time.perf_counter() - t0
     result = None
@@ -311,8 +353,7 @@ def convert_cached(
     finally:
         if staging.exists():
             staging.unlink()
-    parity_s = time.perf_counter() - t0
-    return ConversionInfo(_deliver(target, out_path), False, convert_s, result, parity_s)
+    return ConversionInfo(target, False, convert_s, result, time.perf_counter() - t0)
 
 
 def _deliver(source: Path, out_path: str | Path | None) -> Path:

@@ -217,3 +217,30 @@ def test_wrapper_is_a_faithful_stand_in(converted: Converted, tmp_path: Path) ->
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0
+
+
+def test_classifier_layer_input_and_concurrent_conversions_share_one(tmp_path: Path) -> None:
+    """(N, C) input (a classifier timed alone by lut build), and two devices converting the same
+    workload at once: one conversion, the other waits and gets the cached file."""
+    import threading
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 10)).eval()
+    results: list[tflite_convert.ConversionInfo] = []
+
+    def work() -> None:
+        results.append(
+            tflite_convert.convert_cached(layer, (1, 64), None, tmp_path, cache_key="fc-64-10")
+        )
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.cached for r in results) == [False, True]
+    assert results[0].path == results[1].path
+    fresh = next(r for r in results if not r.cached)
+    assert fresh.parity is not None and fresh.parity.ok
+    assert tflite_convert.model_io(fresh.path)["inputs"][0]["shape"] == [1, 64]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tflite") == [fresh.path.name]
