@@ -58,6 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     space.validate(arch, check_resolution=False)
     source = X.SubnetSource(
+        base=space.base,
         checkpoint=args.checkpoint,
         width_mult=args.width_mult,
         n_classes=args.n_classes,

@@ -101,6 +101,7 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:
 def cmd_profile(args: argparse.Namespace) -> int:
     from compofa_bench.devices import load_device, open_adapter
     from compofa_bench.profile import profile_archs, select_archs
+    from compofa_bench.spaces import get as get_space
     from compofa_bench.spaces import parse_resolutions
     from compofa_bench.store import ResultStore
 
@@ -128,6 +129,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 specs,
                 store,
                 space=args.space,
+                base=get_space(args.space).base,
                 width_mult=args.width_mult,
                 n_classes=args.n_classes,
                 checkpoint=args.checkpoint,

@@ -140,6 +140,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         store=args.store,
         allow_width_mismatch=args.allow_width_mismatch,
         source=X.SubnetSource(
+            base=spaces.get(args.space).base,
             checkpoint=args.checkpoint,
             width_mult=args.width_mult,
             n_classes=args.n_classes,
