@@ -66,6 +66,7 @@ def x_for(arch: spaces.Arch, n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max()) <= tol
 
 
@@ -422,3 +423,35 @@ def test_counts_from_geometry_equal_module_counts(net, archs) -> None:
     assert supernet.count_macs(big.with_resolution(160)) < supernet.count_macs(big)
     with pytest.raises(SupernetError):
         supernet.count_macs(big, base="nope")
+
+
+# ------------------------------------------------------------------ training through the supernet
+
+
+def test_supernet_trains_through_dynamic_ops(archs) -> None:
+    torch.manual_seed(4)
+    n = supernet.build("mbv3", n_classes=10)
+    randomize(n, 6)
+    arch = spaces.Arch((3,) * 20, (3,) * 20, (2,) * 5, RES)  # kernel 3 uses both transforms
+    n.set_active(arch)
+    n.train()
+    sub = n.extract(arch)  # a train-mode copy taken before any update
+    x = x_for(arch, n=4)
+    y = torch.tensor([1, 2, 3, 4])
+    # Train mode normalises with batch statistics in both; dropout is the only randomness.
+    n.classifier.dropout.p = sub.classifier.dropout.p = 0.0
+    bn_before = n.blocks[1].conv.depth_conv.bn.bn.running_mean.clone()
+    out = n(x)
+    assert close(out, sub(x), 1e-4)
+    nn.functional.cross_entropy(out, y).backward()
+    block = n.blocks[1].conv  # active (layer 0 of stage 0)
+    assert block.depth_conv.conv.transform_matrix(7, 5).grad.abs().sum() > 0
+    assert block.depth_conv.conv.transform_matrix(5, 3).grad.abs().sum() > 0
+    mid = block.active_mid(block.max_in)
+    ib_grad = block.inverted_bottleneck.conv.conv.weight.grad
+    assert ib_grad[:mid].abs().sum() > 0 and ib_grad[mid:].abs().sum() == 0
+    assert n.blocks[3].conv.point_linear.conv.conv.weight.grad is None  # depth 2: layer 2 idle
+    # Only the active prefix of a dynamic BN's running stats moves.
+    bn_after = n.blocks[1].conv.depth_conv.bn.bn.running_mean
+    assert not torch.equal(bn_after[:mid], bn_before[:mid])
+    assert torch.equal(bn_after[mid:], bn_before[mid:])
