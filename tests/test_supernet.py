@@ -455,3 +455,23 @@ def test_supernet_trains_through_dynamic_ops(archs) -> None:
     bn_after = n.blocks[1].conv.depth_conv.bn.bn.running_mean
     assert not torch.equal(bn_after[:mid], bn_before[:mid])
     assert torch.equal(bn_after[mid:], bn_before[mid:])
+
+
+@pytest.mark.parametrize(("act", "use_se"), [("relu6", False), ("h_swish", True)])
+def test_dynamic_mbconv_is_reusable_standalone(act: str, use_se: bool) -> None:
+    from compofa_bench.supernet.dynamic_ops import DynamicMBConv
+
+    torch.manual_seed(0)
+    block = DynamicMBConv(40, 48, (3, 5, 7), (3, 4, 6), 2, act, use_se).eval()
+    randomize(block, 1)
+    x = torch.randn(2, 40, 16, 16)
+    for k, e in ((3, 3), (5, 4), (7, 6)):
+        block.set_active(k, e)
+        static = block.extract(40).eval()
+        assert static.depth_conv.conv.kernel_size == (k, k)
+        assert static.inverted_bottleneck.conv.out_channels == 8 * round(40 * e / 8)
+        assert (static.depth_conv.se is not None) if use_se else len(static.depth_conv) == 3
+        with torch.no_grad():
+            assert close(static(x), block(x), 1e-5)
+    with pytest.raises(SupernetError, match="kernel 9"):
+        block.set_active(9, 3)

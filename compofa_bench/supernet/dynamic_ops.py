@@ -288,11 +288,11 @@ class DynamicMBConv(nn.Module):
 
     def extract(self, in_c: int) -> MBConv:
         """A static copy of the active block (weights copied, nothing shared)."""
-        block = self.build_static(in_c)
+        with torch.device("meta"):  # no random init: every tensor is overwritten below
+            block = self.build_static(in_c)
+        block = block.to_empty(device=self.point_linear.conv.conv.weight.device)
         with torch.no_grad():
-            block.load_state_dict(
-                {k: v.detach().clone() for k, v in self.active_state_dict(in_c).items()}
-            )
+            block.load_state_dict(self.active_state_dict(in_c))
         return block
 
     # ------------------------------------------------------------------ training support
