@@ -644,7 +644,7 @@ class Pricer:
 
 
 #: Candidates drawn per infeasible child in each redraw round.
-RESAMPLE_DRAWS = 2
+RESAMPLE_DRAWS = 8
 
 
 @dataclass(frozen=True)
@@ -657,7 +657,9 @@ class EvolutionConfig:
     mutation_ratio: float = 0.5
     mutate_prob: float = 0.1
     #: rounds of redrawing infeasible children before a child falls back to its parent
-    resample_rounds: int = 10
+    resample_rounds: int = 3
+    #: redraw children that repeat an arch their target has already evaluated
+    avoid_repeats: bool = False
 
     def __post_init__(self) -> None:
         if self.population_size < 2 or self.generations < 0:
@@ -896,6 +898,10 @@ def _evolve(
         track(popu, pscore, pcost, m)
         rows = np.arange(nt)[:, None]
         is_mut = np.tile(np.arange(pop) < n_mut, nt)
+        kid_target = np.repeat(np.arange(nt), pop)
+        seen: set[tuple[int, bytes]] = set(
+            zip(kid_target.tolist(), arch_keys(popu, space.stage_sizes), strict=True)
+        )
         lim = np.repeat(t_arr, pop)
         for gen in range(cfg.generations):
             # parents: the top n_par of each target's population
@@ -911,26 +917,57 @@ def _evolve(
             pa, pb = take(parents, pa_i), take(parents, pb_i)
             kids = _breed(g, pa, pb, is_mut, rng, cfg.mutate_prob)
             kid_cost = pricer(kids)
+            kid_keys = arch_keys(kids, space.stage_sizes)
+            # a child is redrawn when it breaks its target, or (when asked) when its target has
+            # already seen that arch: a repeat spends a population slot on no new information
+            taken: set[tuple[int, bytes]] = set()
+            good = kid_cost <= lim
+            if cfg.avoid_repeats:
+                for i, k in enumerate(kid_keys):
+                    tk = (int(kid_target[i]), k)
+                    if good[i] and (tk in seen or tk in taken):
+                        good[i] = False
+                    elif good[i]:
+                        taken.add(tk)
             for _ in range(cfg.resample_rounds):
-                bad = np.nonzero(kid_cost > lim)[0]
+                bad = np.nonzero(~good)[0]
                 if bad.size == 0:
                     break
-                # several draws per infeasible child at once: fewer, larger numpy calls
+                # several draws per child at once: fewer, larger numpy calls
                 rep = np.repeat(bad, RESAMPLE_DRAWS)
                 redo = _breed(g, take(pa, rep), take(pb, rep), is_mut[rep], rng, cfg.mutate_prob)
-                ok = (pricer(redo) <= lim[rep]).reshape(-1, RESAMPLE_DRAWS)
-                hit = ok.any(axis=1)
-                first = np.argmax(ok, axis=1)[hit] + np.nonzero(hit)[0] * RESAMPLE_DRAWS
-                if first.size:
-                    chosen = take(redo, first)
-                    kids = _put(kids, bad[hit], chosen)
-                    kid_cost[bad[hit]] = pricer(chosen)
+                redo_cost = pricer(redo)
+                ok = (redo_cost <= lim[rep]).reshape(-1, RESAMPLE_DRAWS)
+                redo_keys = arch_keys(redo, space.stage_sizes) if cfg.avoid_repeats else None
+                rows_ok: list[int] = []
+                picks: list[int] = []
+                for j, row in enumerate(bad.tolist()):
+                    for c in np.nonzero(ok[j])[0].tolist():
+                        q = j * RESAMPLE_DRAWS + c
+                        if redo_keys is not None:
+                            tk = (int(kid_target[row]), redo_keys[q])
+                            if tk in seen or tk in taken:
+                                continue
+                            taken.add(tk)
+                        rows_ok.append(row)
+                        picks.append(q)
+                        break
+                if rows_ok:
+                    idx, qi = np.asarray(rows_ok), np.asarray(picks)
+                    kids = _put(kids, idx, take(redo, qi))
+                    kid_cost[idx] = redo_cost[qi]
+                    good[idx] = True
+            # a repeat that found no fresh replacement stays (it is feasible)
             # still infeasible after bounded redraws: the child is a copy of its first parent
             bad = np.nonzero(kid_cost > lim)[0]
             if bad.size:
                 kids = _put(kids, bad, take(pa, bad))
                 kid_cost[bad] = par_cost[pa_i[bad]]
             kid_cost = kid_cost.reshape(nt, pop)
+            if cfg.avoid_repeats:
+                seen.update(
+                    zip(kid_target.tolist(), arch_keys(kids, space.stage_sizes), strict=True)
+                )
             kid_score = score(kids)
             track(kids, kid_score, kid_cost.reshape(-1), pop)
             # population = parents + children, per target

@@ -281,3 +281,19 @@ def test_measured_latency_is_memoized_in_the_store(tmp_path) -> None:
     with ResultStore(store) as st:
         assert st.count() == n
     assert again.results[0].arch == r.arch and again.results[0].cost == r.cost
+
+
+def test_avoid_repeats_option_stays_feasible() -> None:
+    space = spaces.get("compofa", [160, 192])
+    cfg = S.EvolutionConfig(population_size=20, generations=15, avoid_repeats=True)
+    out = S.search(
+        space,
+        S.MacsProxy(space),
+        S.MacsLatency(),
+        [120.0, 250.0],
+        np.random.default_rng(3),
+        method="evolution",
+        config=cfg,
+    )
+    for r in out.results:
+        assert r.feasible and supernet.count_macs(r.arch) / 1e6 <= r.target
