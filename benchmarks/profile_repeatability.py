@@ -37,11 +37,14 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--device", default="cpu-ort-1t")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--cache-dir", default=None, help="reuse an export cache (default: a fresh one)"
+    )
     ap.add_argument("--extra", default="", help="extra profile arguments, e.g. '--min-seconds 1'")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="repeat-"))
-    env = {**os.environ, "COMPOFA_BENCH_CACHE": str(tmp / "cache")}
+    env = {**os.environ, "COMPOFA_BENCH_CACHE": args.cache_dir or str(tmp / "cache")}
     medians = []
     walls = []
     for run in (1, 2):

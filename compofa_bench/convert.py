@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +98,7 @@ def to_onnx(
 
 
 def cached_onnx(
-    module: nn.Module,
+    module: nn.Module | Callable[[], nn.Module],
     input_shape: tuple[int, ...],
     cache_key: str,
     cache_dir: str | Path | None = None,
@@ -107,8 +107,9 @@ def cached_onnx(
 ) -> tuple[Path, bool, dict[str, float]]:
     """The ONNX file for ``cache_key``, exported (and parity-checked) only if absent.
 
-    Returns ``(path, fresh, seconds)`` with ``seconds = {"export_s", "parity_s"}``; ``fresh``
-    is True when it was exported now. A new file is checked against ``module`` before it is
+    ``module`` may be a zero-argument factory: it is then called only on a cache miss (and
+    its time reported as ``build_s``). Returns ``(path, fresh, seconds)`` with ``seconds =
+    {"export_s", "parity_s"[, "build_s"]}``; ``fresh`` is True when it was exported now. A new file is checked against ``module`` before it is
     published, under a lock shared by threads and processes, so the cache never holds a file
     that failed parity or that another worker swapped in the middle of a check.
     """
@@ -129,6 +130,10 @@ def cached_onnx(
         if path.is_file():  # another worker made it while we waited
             return path, False, seconds
         staging = cache_dir / f".{digest}.{os.getpid()}.{threading.get_ident()}.onnx"
+        if not isinstance(module, torch.nn.Module):
+            t0 = time.perf_counter()
+            module = module()
+            seconds["build_s"] = time.perf_counter() - t0
         try:
             t0 = time.perf_counter()
             to_onnx(module, input_shape, staging, opset)

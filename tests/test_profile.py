@@ -277,3 +277,44 @@ def test_progress_does_not_break_without_tty(tmp_path: Path) -> None:
         t0 = time.perf_counter()
         s = measure_workloads([job("a")], adapter, store, FAST, show_progress=True)
         assert s.outcomes[0].status == "ok" and s.wall_s <= time.perf_counter() - t0 + 1e-6
+
+
+def test_cached_exports_skip_building_the_subnet(tmp_path: Path) -> None:
+    archs = spaces.get("compofa", [128]).sample_many(2, np.random.default_rng(5))
+    built: list[str] = []
+
+    def build(arch: spaces.Arch) -> nn.Module:
+        built.append(arch.key())
+        return tiny(8)
+
+    devices = [spec(tmp_path)]
+    with ResultStore(tmp_path / "r.db") as store:
+        [s1] = profile_archs(archs, devices, store, show_progress=False, build_module=build)
+        assert len(built) == 2 and all(o.prepare_s["build_s"] > 0 for o in s1.outcomes)
+        # measured again (no skipping), but the ONNX cache holds both: nothing is built
+        [s2] = profile_archs(archs, devices, store, show_progress=False, build_module=build,
+                             skip_done=False)  # fmt: skip
+        assert len(built) == 2 and [o.status for o in s2.outcomes] == ["ok", "ok"]
+        assert all(o.prepare_s["export_s"] == 0.0 for o in s2.outcomes)
+
+
+def test_eager_adapters_get_a_built_module(tmp_path: Path) -> None:
+    from compofa_bench.adapters.base import Adapter, Prepared, Timing
+
+    class Eager(Adapter):
+        kind = "eager-test"
+
+        def describe(self) -> dict[str, object]:
+            return {"runtime": "eager"}
+
+        def prepare(self, workload: Workload) -> Prepared:
+            assert isinstance(workload.module, nn.Module)  # resolved before prepare
+            return Prepared(workload, None)
+
+        def time(self, prepared: Prepared, protocol: Protocol) -> Timing:
+            return Timing(samples_ms=[1.0, 1.1, 0.9])
+
+    lazy = Job("k", "ck", lambda: Workload("k", None, (1, 3, 8, 8), "ck", module_factory=tiny))
+    with ResultStore(tmp_path / "r.db") as store:
+        s = measure_workloads([lazy], Eager(spec(tmp_path)), store, FAST, show_progress=False)
+    assert s.outcomes[0].status == "ok", s.outcomes[0].error

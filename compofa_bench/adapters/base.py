@@ -23,6 +23,7 @@ max-seconds rule once for everybody.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,12 +42,28 @@ class Workload:
     ``input_shape`` includes the batch dimension. ``cache_key`` identifies the workload
     for artifact caches (arch key or layer key plus anything that changes the graph);
     adapters add their own parts (precision, runtime version, ...).
+
+    A workload may instead be *lazy*: ``module=None`` and a ``module_factory``. Adapters that
+    set ``lazy_module = True`` call :meth:`get_module` only on an artifact-cache miss, so a
+    rerun with cached artifacts never builds the subnet; for every other adapter the profile
+    loop resolves the module before :meth:`Adapter.prepare`, so ``workload.module`` is set.
     """
 
     name: str
-    module: nn.Module
+    module: nn.Module | None
     input_shape: tuple[int, ...]
     cache_key: str
+    module_factory: Callable[[], nn.Module] | None = field(default=None, compare=False)
+
+    def get_module(self) -> nn.Module:
+        """The module, built (once) by ``module_factory`` when the workload is lazy."""
+        if self.module is None:
+            if self.module_factory is None:
+                raise ValueError(f"workload {self.name} has neither a module nor a factory")
+            # frozen for users, but a lazy workload fills its own cache exactly once
+            object.__setattr__(self, "module", self.module_factory())
+        assert self.module is not None
+        return self.module
 
 
 @dataclass
@@ -89,6 +106,9 @@ class Adapter(abc.ABC):
     #: driving the same phone resume and memoize together. ``describe()`` must then identify
     #: the remote hardware itself (model, SoC, OS build...).
     remote: ClassVar[bool] = False
+    #: True when :meth:`prepare` accepts lazy workloads (calls ``workload.get_module()`` only
+    #: when it has to convert); see :class:`Workload`.
+    lazy_module: ClassVar[bool] = False
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec

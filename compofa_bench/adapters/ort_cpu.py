@@ -57,6 +57,7 @@ def _import_ort() -> Any:
 class OrtCpuAdapter(Adapter):
     kind: ClassVar[str] = "cpu-ort"
     native_timing: ClassVar[bool] = False
+    lazy_module: ClassVar[bool] = True
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
@@ -146,7 +147,7 @@ class OrtCpuAdapter(Adapter):
 
     def prepare(self, workload: Workload) -> Prepared:
         path, _fresh, seconds = cached_onnx(
-            workload.module,
+            workload.module if workload.module is not None else workload.get_module,
             workload.input_shape,
             workload.cache_key,
             self.cache_dir,
