@@ -27,6 +27,7 @@ from compofa_bench.supernet.geometry import (
     mbv3_layer_specs,
     proxyless_layer_specs,
 )
+from compofa_bench.supernet.net_config import arch_from_net_config
 from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig
 from compofa_bench.supernet.static_layers import StaticNet, build_layer, layer_input_shape
 
@@ -39,6 +40,7 @@ __all__ = [
     "LayerSpec",
     "StaticNet",
     "SupernetConfig",
+    "arch_from_net_config",
     "build",
     "build_layer",
     "count_macs",
