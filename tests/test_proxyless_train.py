@@ -77,3 +77,27 @@ def test_compofa_proxyless_recipe_trains(tmp_path) -> None:
     assert supernet.count_params(arch, 1.0, "proxyless", n_classes=10) == sum(
         p.numel() for p in sub.parameters()
     )
+
+
+def test_evaluate_loads_ofa_proxyless_w13_file(tmp_path) -> None:
+    """`evaluate --checkpoint ofa_proxyless_d234_e346_k357_w1.3` on a proxyless space: the
+    file's width is found from its shapes and the weights load with OFA's key names."""
+    nets = pytest.importorskip("ofa.imagenet_classification.elastic_nn.networks")
+    from compofa_bench import spaces
+    from compofa_bench.train.evaluate import load_supernet
+
+    torch.manual_seed(0)
+    ofa = nets.OFAProxylessNASNets(
+        ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], width_mult=1.3
+    ).eval()
+    path = tmp_path / "ofa_proxyless_d234_e346_k357_w1.3"
+    torch.save(ofa.state_dict(), path)
+    net = load_supernet(path, 1000, torch.device("cpu"), base="proxyless").eval()
+    assert net.config.width_mult == 1.3
+    arch = spaces.get("compofa-proxyless").smallest(128)
+    spec = arch.to_ofa()
+    ofa.set_active_subnet(ks=spec["ks"], e=spec["e"], d=spec["d"])
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        net.set_active(arch)
+        torch.testing.assert_close(net(x), ofa(x), rtol=1e-4, atol=1e-5)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from compofa_bench import data as data_mod
+from compofa_bench import spaces
 from compofa_bench.errors import DataError, TrainError
 from compofa_bench.spaces import Arch, SearchSpace
 from compofa_bench.train import checkpoint as ckpt
@@ -61,9 +62,11 @@ class AccRow:
         ]
 
 
-def load_supernet(path: str | Path, n_classes: int, device: torch.device) -> nn.Module:
+def load_supernet(
+    path: str | Path, n_classes: int, device: torch.device, base: str = "mbv3"
+) -> nn.Module:
     """A supernet with the weights of a training checkpoint (``final.pt``/``checkpoint.pt``)
-    or an OFA/CompOFA ``.pth`` file."""
+    or an OFA/CompOFA ``.pth`` file of supernet ``base`` (width read from stem and classifier)."""
     from compofa_bench import supernet
 
     p = Path(path)
@@ -74,8 +77,11 @@ def load_supernet(path: str | Path, n_classes: int, device: torch.device) -> nn.
     except TrainError:
         state = None
     if state is None:  # not ours: an OFA/CompOFA weight file
-        net = supernet.build("mbv3", n_classes=n_classes)
-        net.load_checkpoint(p)
+        from compofa_bench.supernet.checkpoint import read_checkpoint
+
+        sd = read_checkpoint(p)
+        net = supernet.build(base, width_mult=_ofa_file_width(sd, base), n_classes=n_classes)
+        net.load_ofa_state_dict(sd)
         return net.to(device)
     if state["n_classes"] != n_classes:
         raise DataError(
@@ -87,6 +93,27 @@ def load_supernet(path: str | Path, n_classes: int, device: torch.device) -> nn.
     )
     net.load_state_dict(state["model"])
     return net.to(device)
+
+
+def _ofa_file_width(sd: dict[str, torch.Tensor], base: str) -> float:
+    """OFA files do not record their width: find the base's usual width whose stem fits
+    (e.g. ProxylessNAS w1.3 has 40 stem channels). Unknown widths fall back to 1.0 and the
+    load reports the mismatch."""
+    from compofa_bench import supernet
+
+    stem = sd.get("first_conv.conv.weight")
+    head = next(
+        (v for k, v in sd.items() if k.startswith("classifier") and k.endswith("weight")), None
+    )
+    if stem is None or head is None:
+        return 1.0
+    widths = sorted({w for n in spaces.names() for w in spaces.get(n).width_mults} | {1.0})
+    arch = next(spaces.get(n) for n in spaces.names() if spaces.get(n).base == base).largest()
+    for w in widths:
+        specs = supernet.layer_specs(arch, w, base)
+        if (specs[0].out_c, specs[-1].in_c) == (stem.shape[0], head.shape[1]):
+            return w
+    return 1.0
 
 
 def read_done(path: Path) -> dict[tuple[str, str], AccRow | list[str]]:
@@ -200,7 +227,7 @@ def evaluate(
     )
     done = read_done(out)
     rows = [r for r in done.values()]
-    net = load_supernet(checkpoint, spec.n_classes, device)
+    net = load_supernet(checkpoint, spec.n_classes, device, base=space.base)
     images = _Images(spec, config, device)
     results: list[AccRow] = []
     for arch in archs:
