@@ -98,7 +98,8 @@ def cmd_space_show(args: argparse.Namespace) -> int:
         start = sum(space.stage_sizes[:i])
         kernels = sorted({k for j in range(size) for k in space.kernel_choices[start + j]})
         expand = (
-            "coupled " + ", ".join(f"d{d}→e{e}" for d, e in space.coupling)
+            "coupled "
+            + ", ".join(f"d{d}→e{e}" for d, e in space.coupling if d in space.depth_choices[i])
             if space.coupling
             else str(list(space.expand_choices))
         )
