@@ -204,7 +204,11 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_short_run_lowers_loss_of_largest_and_smallest(tmp_path):
+    # 12 sandwich steps (largest + smallest) on a fixed batch of 32 training images: enough
+    # to show learning on a noisy 2-core machine; the loss is measured on those images
+    # without augmentation, with batch statistics (no BN recalibration needed).
     recipe = R.parse(
         {
             "name": "lossdown",
@@ -220,8 +224,8 @@ def test_short_run_lowers_loss_of_largest_and_smallest(tmp_path):
                     "space": "compofa",
                     "sampling": "sandwich",
                     "subnets_per_step": 2,
-                    "epochs": 1,
-                    "lr": 0.1,
+                    "epochs": 12,
+                    "lr": 0.05,
                 }
             ],
         }
@@ -229,20 +233,21 @@ def test_short_run_lowers_loss_of_largest_and_smallest(tmp_path):
     trainer = Trainer(
         recipe,
         TrainConfig(
-            data="fashion-mnist", out=tmp_path / "run", subset=640, device="cpu", quiet=True
+            data="fashion-mnist", out=tmp_path / "run", subset=32, device="cpu", quiet=True
         ),
     )
     space = spaces.get("compofa", resolutions=(32,))
-    val = data.FashionMNIST(data.FASHION_MNIST_DIR, "val", train_augment=False)
-    x = torch.stack([val[i][0] for i in range(256)])
-    y = torch.tensor([val[i][1] for i in range(256)])
+    plain = data.FashionMNIST(data.FASHION_MNIST_DIR, "train", train_augment=False)
+    idx = trainer.indices.tolist()
+    x = torch.stack([plain[i][0] for i in idx])
+    y = torch.tensor([plain[i][1] for i in idx])
     x = data.normalize(data.resize_batch(x, 32), data.FMNIST_MEAN, data.FMNIST_STD)
 
     def losses() -> list[float]:
         out = []
         for arch in (space.largest(32), space.smallest(32)):
             trainer.model.set_active(arch)
-            trainer.model.train()  # batch statistics: no recalibration needed
+            trainer.model.train()
             with torch.no_grad():
                 out.append(torch.nn.functional.cross_entropy(trainer.model(x), y).item())
         return out
@@ -250,5 +255,5 @@ def test_short_run_lowers_loss_of_largest_and_smallest(tmp_path):
     before = losses()
     trainer.run()
     after = losses()
-    assert after[0] < before[0] - 0.2, (before, after)
-    assert after[1] < before[1] - 0.2, (before, after)
+    assert after[0] < before[0] - 0.3, (before, after)
+    assert after[1] < before[1] - 0.3, (before, after)
