@@ -318,3 +318,15 @@ def test_eager_adapters_get_a_built_module(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.db") as store:
         s = measure_workloads([lazy], Eager(spec(tmp_path)), store, FAST, show_progress=False)
     assert s.outcomes[0].status == "ok", s.outcomes[0].error
+
+
+def test_stop_event_ends_between_jobs(tmp_path: Path) -> None:
+    import threading
+
+    stop = threading.Event()
+    adapter = open_adapter(spec(tmp_path))
+    with ResultStore(tmp_path / "r.db") as store:
+        s = measure_workloads([job("a"), job("b"), job("c")], adapter, store, FAST,
+                              show_progress=False, stop=stop, on_outcome=lambda o: stop.set())  # fmt: skip
+        assert s.interrupted and [o.key for o in s.outcomes] == ["a"]
+        assert store.count() == 1
