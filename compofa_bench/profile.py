@@ -170,7 +170,8 @@ def measure_workloads(
     one is created when ``show_progress``. ``stop``: checked between jobs; when set, the loop
     ends early and the summary says ``interrupted``.
     """
-    jobs = list(jobs)
+    # duplicates (same kind and cache key) are one measurement
+    jobs = list({(j.kind, j.cache_key): j for j in jobs}.values())
     name = device_name or adapter.spec.name
     base_fp = device_fingerprint(adapter, protocol)
     fhash, phash = base_fp["stable_hash"], protocol.hash()
@@ -189,7 +190,6 @@ def measure_workloads(
                 todo.append(job)
     else:
         todo = jobs
-    todo = list({(j.kind, j.cache_key): j for j in todo}.values())  # duplicates: measure once
 
     own_progress = progress is None and show_progress and bool(todo)
     if own_progress:
