@@ -235,15 +235,25 @@ class ElasticSupernet(nn.Module):
 def _materialize(
     make: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], device: torch.device
 ) -> nn.Module:
-    """Build a module without random init (on the meta device), then copy ``state`` in.
+    """Build a module without random init (on the meta device), then put copies of ``state``
+    in place of its tensors.
 
-    Skipping init makes extraction several times faster; ``load_state_dict`` copies, so the
-    result shares no storage with the supernet."""
+    Skipping init and ``load_state_dict`` makes extraction several times faster; every tensor
+    is a fresh copy, so the result shares no storage with the supernet."""
     with torch.device("meta"):
         module = make()
-    module = module.to_empty(device=device)
-    with torch.no_grad():
-        module.load_state_dict(dict(state), strict=True)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != given:
+        raise SupernetError(f"internal: extracted layer shapes differ: {expected} vs {given}")
+    for key, tensor in state.items():
+        owner_name, _, attr = key.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        value = tensor.detach().to(device=device, copy=True)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(value)
+        else:
+            owner._buffers[attr] = value
     return module
 
 
