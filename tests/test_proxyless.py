@@ -23,7 +23,7 @@ ofa_utils = pytest.importorskip("ofa.utils")
 
 WIDTHS = (1.0, 1.3)
 SPACES = ("ofa-proxyless", "compofa-proxyless")
-RESOLUTIONS = (128, 144, 160)
+RESOLUTIONS = (64, 96, 128)  # the check is resolution-free; small inputs keep it fast
 N_ARCHS = 30
 REL_TOL = 1e-4
 
