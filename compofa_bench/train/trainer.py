@@ -503,6 +503,7 @@ class Trainer:
                                 f"checkpoint in {self.out / CHECKPOINT}; rerun with --resume"
                             )
                         if epoch_end:
+                            progress.finish(task, row)
                             break
                     if seen == 0:
                         raise TrainError(f"phase {phase.name}: the data loader yielded no batch")
@@ -586,6 +587,16 @@ class _Progress:
         if self._p is None:
             return None
         return self._p.add_task(description, total=total, completed=completed, info="")
+
+    def finish(self, task: Any, row: dict[str, Any]) -> None:
+        """Replace a finished epoch's bar by one summary line (long runs have many epochs)."""
+        if self._p is None or task is None:
+            return
+        desc = self._p.tasks[[t.id for t in self._p.tasks].index(task)].description
+        self._p.remove_task(task)
+        self._p.console.print(
+            f"{desc}: loss {row['loss']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+        )
 
     def advance(self, task: Any, row: dict[str, Any]) -> None:
         if self._p is None or task is None:
