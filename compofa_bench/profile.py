@@ -442,7 +442,7 @@ def profile_archs(
     store: ResultStore,
     *,
     space: str | None = None,
-    base: str = "mbv3",
+    base: str | None = None,
     width_mult: float = 1.0,
     n_classes: int = 1000,
     checkpoint: str | Path | None = None,
@@ -457,10 +457,14 @@ def profile_archs(
     Weights do not change latency, so without ``checkpoint`` subnets are random-init (and the
     export cache is shared by all random-init runs). Adapters are opened before anything is
     measured so that a bad device fails before any work. ``build_module`` replaces the
-    supernet (tests, custom models); ``adapters`` supplies already-open adapters.
+    supernet (tests, custom models); ``adapters`` supplies already-open adapters. ``base``
+    defaults to the base of the built-in ``space`` (``mbv3`` when ``space`` names none).
     """
+    from compofa_bench import spaces
     from compofa_bench.devices import open_adapter
 
+    if base is None:  # a built-in space names its supernet base
+        base = spaces.get(space).base if space in spaces.names() else "mbv3"
     if not archs:
         raise MeasurementError("no archs to profile")
     if not devices:
