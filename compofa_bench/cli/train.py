@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 143
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports for all
     summary = {
         "out": str(result.out),
         "finished": result.final_path is not None,
