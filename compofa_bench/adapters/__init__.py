@@ -11,4 +11,5 @@ ADAPTERS: dict[str, str] = {
     "cuda-torch": "compofa_bench.adapters.cuda_torch:CudaTorchAdapter",
     "tensorrt": "compofa_bench.adapters.tensorrt:TensorRTAdapter",
     "tflite-local": "compofa_bench.adapters.tflite_local:TfliteLocalAdapter",
+    "android-adb": "compofa_bench.adapters.android_adb:AndroidAdbAdapter",
 }
