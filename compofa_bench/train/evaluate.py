@@ -141,6 +141,7 @@ def _write_atomic(path: Path, rows: Sequence[list[str]]) -> None:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(HEADER)
             w.writerows(rows)
+        os.chmod(tmp, 0o666 & ~ckpt._umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
