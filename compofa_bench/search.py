@@ -660,6 +660,17 @@ class EvolutionConfig:
     resample_rounds: int = 3
     #: redraw children that repeat an arch their target has already evaluated
     avoid_repeats: bool = False
+    #: after the generations, hill-climb (:func:`local_search`) from each target's best
+    #: ``local_starts`` distinct members; 0 turns it off (OFA's plain evolution)
+    local_starts: int = 2
+    #: two-gene moves tried per state and step of the local search (0: single moves only)
+    local_pairs: int = 32
+    #: random starts per target and resolution for the local search
+    local_random: int = 3
+    #: rounds of iterated local search: kick each local optimum, repair, climb again
+    local_kicks: int = 3
+    #: per-gene mutation probability of a kick
+    kick_prob: float = 0.2
 
     def __post_init__(self) -> None:
         if self.population_size < 2 or self.generations < 0:
@@ -668,6 +679,10 @@ class EvolutionConfig:
             raise SearchError("parent_ratio must be in (0, 1] and mutation_ratio in [0, 1]")
         if not 0 <= self.mutate_prob <= 1:
             raise SearchError("mutate_prob must be in [0, 1]")
+        if min(self.local_starts, self.local_pairs, self.local_random, self.local_kicks) < 0:
+            raise SearchError("local_starts, local_pairs, local_random, local_kicks must be >= 0")
+        if not 0 <= self.kick_prob <= 1:
+            raise SearchError("kick_prob must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -979,6 +994,10 @@ def _evolve(
             m = n_par + pop
             if progress is not None:
                 progress(gen + 1, cfg.generations)
+        if cfg.local_starts:
+            popu, pscore, pcost = _polish(
+                space, accuracy, pricer, popu, pscore, pcost, t_arr, m, cfg, best, rng
+            )
         per_target_s = (time.perf_counter() - t0) / nt
         for ti, t in enumerate(feasible_targets):
             b = best[ti]
@@ -1043,3 +1062,375 @@ def _interleave(a: ArchArrays, b: ArchArrays, groups: int, na: int, nb: int) -> 
         return np.concatenate([xs, ys], axis=1).reshape(groups * (na + nb), *x.shape[1:])
 
     return ArchArrays(cat(a.ks, b.ks), cat(a.e, b.e), cat(a.d, b.d), cat(a.r, b.r))
+
+
+# =============================================================================== local search
+
+
+class _Flat:
+    """Archs as one integer row each: ``[r | d per stage | ks per slot | e per slot]``, so a
+    move is "set these columns to these values" and thousands of neighbours are one array."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.sizes = space.stage_sizes
+        self.ns, self.nl = len(space.stage_sizes), sum(space.stage_sizes)
+        self.width = 1 + self.ns + 2 * self.nl
+        self.ks0 = 1 + self.ns
+        self.e0 = self.ks0 + self.nl
+        self.slot_stage = np.repeat(np.arange(self.ns), self.sizes)
+        self.pos = np.concatenate([np.arange(s) for s in self.sizes])
+        # move templates: (mask, values) over the flat row; a template equal to the current
+        # arch (or touching only inactive slots) is a no-op and is dropped per state
+        masks: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+
+        def add(cols: list[int], values: list[int]) -> None:
+            m = np.zeros(self.width, dtype=bool)
+            v = np.zeros(self.width, dtype=np.int64)
+            m[cols] = True
+            v[cols] = values
+            masks.append(m)
+            vals.append(v)
+
+        for r in space.resolutions:
+            add([0], [r])
+        for st in range(self.ns):
+            slots = [int(s) for s in np.nonzero(self.slot_stage == st)[0]]
+            for depth, ce in _stage_genes(space, st):
+                if ce is None:
+                    add([1 + st], [depth])
+                else:
+                    add([1 + st] + [self.e0 + s for s in slots], [depth] + [ce] * len(slots))
+        for s in range(self.nl):
+            for k in space.kernel_choices[s]:
+                add([self.ks0 + s], [k])
+            if space.coupling is None:
+                for x in space.expand_choices:
+                    add([self.e0 + s], [x])
+        self.mask = np.stack(masks)
+        self.vals = np.stack(vals)
+
+    def flat(self, a: ArchArrays) -> np.ndarray:
+        return np.concatenate([a.r[:, None], a.d, a.ks, a.e], axis=1).astype(np.int64)
+
+    def arrays(self, f: np.ndarray) -> ArchArrays:
+        return ArchArrays(
+            f[:, self.ks0 : self.e0].copy(),
+            f[:, self.e0 :].copy(),
+            f[:, 1 : self.ks0].copy(),
+            f[:, 0].copy(),
+        )
+
+    def canonical(self, f: np.ndarray) -> np.ndarray:
+        """Inactive slots' genes zeroed: rows equal here run the same layers."""
+        act = self.pos[None, :] < f[:, 1 + self.slot_stage]
+        out = f.copy()
+        out[:, self.ks0 : self.e0] *= act
+        out[:, self.e0 :] *= act
+        return out
+
+
+def local_search(
+    space: SearchSpace,
+    accuracy: Callable[[ArchArrays], np.ndarray],
+    cost: Callable[[ArchArrays], np.ndarray],
+    starts: ArchArrays,
+    limits: np.ndarray,
+    pairs: int = 64,
+    max_steps: int = 200,
+) -> tuple[ArchArrays, np.ndarray, np.ndarray]:
+    """Steepest-ascent hill climbing of many feasible starts at once.
+
+    Each step scores, for every state, ALL its single-gene neighbours (resolution; each
+    stage's depth, with its coupled expand ratio in CompOFA spaces; each active slot's kernel
+    and, uncoupled, expand ratio) in one batch, and moves each state to its best neighbour
+    that meets its limit and scores strictly higher. A state with no such neighbour then tries
+    the ``pairs`` most promising two-gene moves (ranked by the sum of their single moves'
+    score and cost changes, so a costly gain can be paid for by a saving elsewhere: the moves
+    that matter at a tight budget); it stops when none of them is feasible and better either.
+    So every returned state is a local optimum: no single-gene neighbour is feasible and
+    better. States that meet (same layers, same limit) continue as one. Deterministic.
+
+    Returns the final states, their scores and costs (same order as ``starts``).
+    """
+    fl = _Flat(space)
+    x = fl.flat(starts)
+    limits = np.asarray(limits, dtype=np.float64)
+    sc = np.asarray(accuracy(starts), dtype=np.float64)
+    co = np.asarray(cost(starts), dtype=np.float64)
+    if np.any(co > limits + 1e-12):
+        raise SearchError("local search needs feasible starts")
+    mask, vals = fl.mask, fl.vals
+    nt = mask.shape[0]
+    ii, jj = np.triu_indices(nt, k=1)
+    disjoint = ~np.any(mask[ii] & mask[jj], axis=1)
+    ii, jj = ii[disjoint], jj[disjoint]
+    follow = np.arange(len(x))  # follow[i]: the state whose climb i shares
+    live = np.arange(len(x))
+    for _ in range(max_steps):
+        if live.size == 0:
+            break
+        # merge states that have met: one climb per (layers, limit)
+        canon = fl.canonical(x[live])
+        key = np.concatenate([canon, limits[live, None].view(np.int64)], axis=1)
+        _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        follow[live] = live[first[inv.reshape(-1)]]
+        live = np.unique(live[first])
+        b = live.size
+        cur = x[live]
+        # single moves of every live state: (b, templates, width)
+        nb = np.where(mask[None], vals[None], cur[:, None, :])
+        flat_nb = nb.reshape(b * nt, -1)
+        valid = np.any(fl.canonical(flat_nb) != np.repeat(fl.canonical(cur), nt, 0), 1)
+        s1, c1 = _score_rows(accuracy, cost, fl, flat_nb, valid)
+        valid = valid.reshape(b, nt)
+        s1, c1 = s1.reshape(b, nt), c1.reshape(b, nt)
+        rows = np.arange(b)
+        better = valid & (c1 <= limits[live, None]) & (s1 > sc[live, None])
+        pick = np.argmax(np.where(better, s1, -np.inf), axis=1)
+        moved = better[rows, pick]
+        idx = live[moved]
+        x[idx] = nb[rows[moved], pick[moved]]
+        sc[idx], co[idx] = s1[rows[moved], pick[moved]], c1[rows[moved], pick[moved]]
+        stuck = np.nonzero(~moved)[0]
+        if pairs > 0 and stuck.size:
+            # promising pairs: feasible by their summed cost change, best by summed gain
+            live_s = live[stuck]
+            gain = np.where(valid[stuck], s1[stuck] - sc[live_s, None], -np.inf)
+            dcost = c1[stuck] - co[live_s, None]
+            g2 = gain[:, ii] + gain[:, jj]
+            c2 = co[live_s, None] + dcost[:, ii] + dcost[:, jj]
+            g2 = np.where(c2 <= limits[live_s, None], g2, -np.inf)
+            k = min(pairs, g2.shape[1])
+            top = np.argpartition(-g2, k - 1, axis=1)[:, :k]
+            pi, pj = ii[top], jj[top]  # (stuck, k)
+            r2 = np.arange(stuck.size)[:, None]
+            pn = np.where(mask[pj], vals[pj], nb[stuck[:, None], pi])
+            ok = np.isfinite(g2[r2, top])
+            s2, c2x = _score_rows(accuracy, cost, fl, pn.reshape(-1, fl.width), ok.reshape(-1))
+            s2, c2x = s2.reshape(stuck.size, k), c2x.reshape(stuck.size, k)
+            better2 = ok & (c2x <= limits[live_s, None]) & (s2 > sc[live_s, None])
+            pick2 = np.argmax(np.where(better2, s2, -np.inf), axis=1)
+            rr = np.arange(stuck.size)
+            moved2 = better2[rr, pick2]
+            idx2 = live_s[moved2]
+            x[idx2] = pn[rr[moved2], pick2[moved2]]
+            sc[idx2], co[idx2] = s2[rr[moved2], pick2[moved2]], c2x[rr[moved2], pick2[moved2]]
+            idx = np.concatenate([idx, idx2])
+        live = np.sort(idx)
+    # a merged state ends where the climb it joined ended (follow chains to their end)
+    while np.any(follow[follow] != follow):
+        follow = follow[follow]
+    x, sc, co = x[follow], sc[follow], co[follow]
+    return fl.arrays(x), sc, co
+
+
+def _polish(
+    space: SearchSpace,
+    accuracy: AccuracySource,
+    pricer: Pricer,
+    popu: ArchArrays,
+    pscore: np.ndarray,
+    pcost: np.ndarray,
+    t_arr: np.ndarray,
+    m: int,
+    cfg: EvolutionConfig,
+    best: list[tuple[ArchArrays, float, float] | None],
+    rng: np.random.Generator,
+) -> tuple[ArchArrays, np.ndarray, np.ndarray]:
+    """Multi-start iterated local search per target; updates ``best`` in place and returns
+    the population with the climbed states appended (for the frontier).
+
+    Starts: the target's best ``local_starts`` distinct members, and for every resolution
+    its best member moved to that resolution plus ``local_random`` random members at it, each
+    greedily repaired under the target. The resolution is the gene that single and paired
+    moves can rarely change (it reprices every layer), and on OFA's predictor and the Note10
+    tables random starts at the right resolution climb higher than the evolution's members.
+    Then ``local_kicks`` rounds of iterated local search on each target's best
+    ``local_starts`` optima: kick (a mutation at the same resolution), repair, climb, keep
+    when higher.
+    """
+    nt, nr = len(t_arr), len(space.resolutions)
+    score_fn = _scorer(accuracy)
+    g = Genome(space)
+    keys = arch_keys(popu, space.stage_sizes)
+    tops: list[int] = []
+    owner: list[int] = []
+    firsts: list[int] = []
+    for ti in range(nt):
+        order = ti * m + np.argsort(-pscore[ti * m : (ti + 1) * m], kind="stable")
+        firsts.append(int(order[0]))
+        chosen: set[bytes] = set()
+        for i in order.tolist():
+            if keys[i] not in chosen:
+                chosen.add(keys[i])
+                tops.append(i)
+                owner.append(ti)
+                if len(chosen) == cfg.local_starts:
+                    break
+    per = 1 + cfg.local_random  # starts per (target, resolution)
+    res = np.asarray(space.resolutions, dtype=np.int64)
+    proj = take(popu, np.repeat(np.asarray(firsts, dtype=np.int64), nr))
+    rand = g.sample(nt * nr * cfg.local_random, rng)
+    # rows: target-major, then resolution, then start
+    fresh = _interleave(proj, rand, nt * nr, 1, cfg.local_random)
+    fresh = ArchArrays(fresh.ks, fresh.e, fresh.d, np.tile(np.repeat(res, per), nt))
+    f_own = np.repeat(np.arange(nt), nr * per)
+    rx, rok = _shrink(space, pricer, fresh, t_arr[f_own], rng)
+    # the projected best members get the score-aware repair (few rows, better starts)
+    pj = np.arange(0, len(f_own), per)
+    px, _, _, pok = repair(space, score_fn, pricer, take(fresh, pj), t_arr[f_own[pj]])
+    rx = _put(rx, pj, px)
+    rok[pj] = pok
+    ok = np.nonzero(rok)[0]
+    own = np.concatenate([np.asarray(owner, dtype=np.int64), f_own[ok]])
+    xs, xsc, xco = local_search(
+        space,
+        score_fn,
+        pricer,
+        concat([take(popu, np.asarray(tops, dtype=np.int64)), take(rx, ok)]),
+        t_arr[own],
+        pairs=cfg.local_pairs,
+    )
+    if cfg.local_kicks:
+        # the best few distinct optima of each target go on to iterated local search
+        xkeys = arch_keys(xs, space.stage_sizes)
+        elite: list[int] = []
+        for ti in range(nt):
+            mine = np.nonzero(own == ti)[0]
+            chosen = set()
+            for i in mine[np.argsort(-xsc[mine], kind="stable")].tolist():
+                if xkeys[i] not in chosen:
+                    chosen.add(xkeys[i])
+                    elite.append(i)
+                    if len(chosen) == max(1, cfg.local_starts):
+                        break
+        el = np.asarray(elite, dtype=np.int64)
+        es, esc, eco, lim = take(xs, el), xsc[el].copy(), xco[el].copy(), t_arr[own[el]]
+        for _ in range(cfg.local_kicks):
+            kick = g.mutate(es, rng, cfg.kick_prob)
+            kick = ArchArrays(kick.ks, kick.e, kick.d, es.r)
+            kx, _, _, kok = repair(space, score_fn, pricer, kick, lim)
+            bad = np.nonzero(~kok)[0]
+            kx = _put(kx, bad, take(es, bad))
+            ys, ysc, yco = local_search(space, score_fn, pricer, kx, lim, pairs=cfg.local_pairs)
+            up = np.nonzero(ysc > esc)[0]
+            es = _put(es, up, take(ys, up))
+            esc[up], eco[up] = ysc[up], yco[up]
+        xs, xsc, xco = concat([xs, es]), np.concatenate([xsc, esc]), np.concatenate([xco, eco])
+        own = np.concatenate([own, own[el]])
+    for ti in range(nt):
+        mine = np.nonzero(own == ti)[0]
+        j = int(mine[np.argmax(xsc[mine])])
+        b = best[ti]
+        if b is None or xsc[j] > b[1]:
+            best[ti] = (take(xs, np.array([j])), float(xsc[j]), float(xco[j]))
+    return concat([popu, xs]), np.concatenate([pscore, xsc]), np.concatenate([pcost, xco])
+
+
+def repair(
+    space: SearchSpace,
+    accuracy: Callable[[ArchArrays], np.ndarray],
+    cost: Callable[[ArchArrays], np.ndarray],
+    states: ArchArrays,
+    limits: np.ndarray,
+    max_steps: int = 200,
+) -> tuple[ArchArrays, np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy budget repair: while a state breaks its limit, take the single-gene move that
+    loses the least score per unit of cost saved. Returns states, scores, costs and a
+    feasibility mask (a state can stay infeasible if no move saves cost; never in a space
+    whose smallest member meets the limit at that resolution... or at all)."""
+    fl = _Flat(space)
+    x = fl.flat(states)
+    limits = np.asarray(limits, dtype=np.float64)
+    sc = np.asarray(accuracy(states), dtype=np.float64)
+    co = np.asarray(cost(states), dtype=np.float64)
+    mask, vals = fl.mask, fl.vals
+    nt = mask.shape[0]
+    for _ in range(max_steps):
+        live = np.nonzero(co > limits)[0]
+        if live.size == 0:
+            break
+        b = live.size
+        cur = x[live]
+        nb = np.where(mask[None], vals[None], cur[:, None, :])
+        flat_nb = nb.reshape(b * nt, -1)
+        valid = np.any(fl.canonical(flat_nb) != np.repeat(fl.canonical(cur), nt, 0), 1)
+        s1, c1 = _score_rows(accuracy, cost, fl, flat_nb, valid)
+        s1, c1 = s1.reshape(b, nt), c1.reshape(b, nt)
+        saved = co[live, None] - c1
+        loss = np.maximum(sc[live, None] - s1, 0.0)
+        # a move that reaches the limit is charged for the saving it needs, not more: the
+        # cheapest way over the line wins over an oversized cut
+        need = (co[live] - limits[live])[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):  # no-op moves: inf / inf
+            ratio = np.where(saved > 1e-12, loss / np.minimum(saved, need), np.inf)
+        pick = np.argmin(ratio, axis=1)
+        ok = np.isfinite(ratio[np.arange(b), pick])
+        if not ok.any():
+            break
+        rows = np.arange(b)[ok]
+        idx = live[ok]
+        x[idx] = nb[rows, pick[ok]]
+        sc[idx] = s1[rows, pick[ok]]
+        co[idx] = c1[rows, pick[ok]]
+    return fl.arrays(x), sc, co, co <= limits
+
+
+def _scorer(accuracy: AccuracySource) -> Callable[[ArchArrays], np.ndarray]:
+    return lambda a: np.asarray(accuracy.score(a), dtype=np.float64)
+
+
+def _score_rows(
+    accuracy: Callable[[ArchArrays], np.ndarray],
+    cost: Callable[[ArchArrays], np.ndarray],
+    fl: _Flat,
+    rows: np.ndarray,
+    valid: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score and price only the ``valid`` rows (no-op moves are most templates); the others
+    get score -inf and cost +inf, so they never win."""
+    s = np.full(len(rows), -np.inf)
+    c = np.full(len(rows), np.inf)
+    idx = np.nonzero(valid)[0]
+    if idx.size:
+        sub = fl.arrays(rows[idx])
+        s[idx] = np.asarray(accuracy(sub), dtype=np.float64)
+        c[idx] = np.asarray(cost(sub), dtype=np.float64)
+    return s, c
+
+
+def _shrink(
+    space: SearchSpace,
+    cost: Callable[[ArchArrays], np.ndarray],
+    states: ArchArrays,
+    limits: np.ndarray,
+    rng: np.random.Generator,
+    max_steps: int = 200,
+) -> tuple[ArchArrays, np.ndarray]:
+    """Random descent under a cost limit: while a state breaks its limit, apply a uniformly
+    drawn single-gene move that lowers its cost. Cost-only (no scoring), so cheap enough for
+    many random starts; the local search that follows climbs back up. Returns the states and
+    a feasibility mask."""
+    fl = _Flat(space)
+    x = fl.flat(states)
+    co = np.asarray(cost(states), dtype=np.float64)
+    mask, vals = fl.mask, fl.vals
+    nt = mask.shape[0]
+    for _ in range(max_steps):
+        live = np.nonzero(co > limits)[0]
+        if live.size == 0:
+            break
+        b = live.size
+        nb = np.where(mask[None], vals[None], x[live][:, None, :]).reshape(b * nt, -1)
+        c1 = np.asarray(cost(fl.arrays(nb)), dtype=np.float64).reshape(b, nt)
+        down = c1 < co[live, None] - 1e-12
+        # a uniform choice among the cost-lowering moves: random keys, masked argmax
+        pick = np.argmax(np.where(down, rng.random((b, nt)), -1.0), axis=1)
+        ok = down[np.arange(b), pick]
+        if not ok.any():
+            break
+        rows = np.arange(b)[ok]
+        x[live[ok]] = nb.reshape(b, nt, -1)[rows, pick[ok]]
+        co[live[ok]] = c1[rows, pick[ok]]
+    return fl.arrays(x), co <= limits
