@@ -661,7 +661,8 @@ class EvolutionConfig:
     #: redraw children that repeat an arch their target has already evaluated
     avoid_repeats: bool = False
     #: after the generations, hill-climb (:func:`local_search`) from each target's best
-    #: ``local_starts`` distinct members; 0 turns it off (OFA's plain evolution)
+    #: ``local_starts`` distinct members; 0 turns it off (OFA's plain evolution). Only with
+    #: an additive cost (lookup table, MACs): a measured latency skips it
     local_starts: int = 2
     #: two-gene moves tried per state and step of the local search (0: single moves only)
     local_pairs: int = 32
@@ -994,7 +995,9 @@ def _evolve(
             m = n_par + pop
             if progress is not None:
                 progress(gen + 1, cfg.generations)
-        if cfg.local_starts:
+        # the local search prices tens of thousands of neighbours: only with an additive
+        # model (a table or MACs), never by measuring on a device
+        if cfg.local_starts and pricer.model is not None:
             popu, pscore, pcost = _polish(
                 space, accuracy, pricer, popu, pscore, pcost, t_arr, m, cfg, best, rng
             )
