@@ -1125,11 +1125,14 @@ class _Flat:
         )
 
     def canonical(self, f: np.ndarray) -> np.ndarray:
-        """Inactive slots' genes zeroed: rows equal here run the same layers."""
-        act = self.pos[None, :] < f[:, 1 + self.slot_stage]
+        """:class:`Arch`'s normalization: an inactive slot holds its stage's last active
+        values, so rows equal here run the same layers, and a depth increase adds copies of
+        the stage's last layer, as the space's own neighbours do."""
+        depth = f[:, 1 + self.slot_stage]
+        src = (np.arange(self.nl) - self.pos)[None, :] + np.minimum(self.pos[None, :], depth - 1)
         out = f.copy()
-        out[:, self.ks0 : self.e0] *= act
-        out[:, self.e0 :] *= act
+        out[:, self.ks0 : self.e0] = np.take_along_axis(f[:, self.ks0 : self.e0], src, 1)
+        out[:, self.e0 :] = np.take_along_axis(f[:, self.e0 :], src, 1)
         return out
 
 
@@ -1157,7 +1160,7 @@ def local_search(
     Returns the final states, their scores and costs (same order as ``starts``).
     """
     fl = _Flat(space)
-    x = fl.flat(starts)
+    x = fl.canonical(fl.flat(starts))
     limits = np.asarray(limits, dtype=np.float64)
     sc = np.asarray(accuracy(starts), dtype=np.float64)
     co = np.asarray(cost(starts), dtype=np.float64)
@@ -1174,17 +1177,18 @@ def local_search(
         if live.size == 0:
             break
         # merge states that have met: one climb per (layers, limit)
-        canon = fl.canonical(x[live])
-        key = np.concatenate([canon, limits[live, None].view(np.int64)], axis=1)
+        key = np.concatenate([x[live], limits[live, None].view(np.int64)], axis=1)
         _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
         follow[live] = live[first[inv.reshape(-1)]]
         live = np.unique(live[first])
         b = live.size
         cur = x[live]
         # single moves of every live state: (b, templates, width)
-        nb = np.where(mask[None], vals[None], cur[:, None, :])
-        flat_nb = nb.reshape(b * nt, -1)
-        valid = np.any(fl.canonical(flat_nb) != np.repeat(fl.canonical(cur), nt, 0), 1)
+        flat_nb = fl.canonical(
+            np.where(mask[None], vals[None], cur[:, None, :]).reshape(b * nt, -1)
+        )
+        nb = flat_nb.reshape(b, nt, -1)
+        valid = np.any(flat_nb != np.repeat(cur, nt, 0), 1)
         s1, c1 = _score_rows(accuracy, cost, fl, flat_nb, valid)
         valid = valid.reshape(b, nt)
         s1, c1 = s1.reshape(b, nt), c1.reshape(b, nt)
@@ -1209,6 +1213,7 @@ def local_search(
             pi, pj = ii[top], jj[top]  # (stuck, k)
             r2 = np.arange(stuck.size)[:, None]
             pn = np.where(mask[pj], vals[pj], nb[stuck[:, None], pi])
+            pn = fl.canonical(pn.reshape(-1, fl.width)).reshape(pn.shape)
             ok = np.isfinite(g2[r2, top])
             s2, c2x = _score_rows(accuracy, cost, fl, pn.reshape(-1, fl.width), ok.reshape(-1))
             s2, c2x = s2.reshape(stuck.size, k), c2x.reshape(stuck.size, k)
@@ -1344,7 +1349,7 @@ def repair(
     feasibility mask (a state can stay infeasible if no move saves cost; never in a space
     whose smallest member meets the limit at that resolution... or at all)."""
     fl = _Flat(space)
-    x = fl.flat(states)
+    x = fl.canonical(fl.flat(states))
     limits = np.asarray(limits, dtype=np.float64)
     sc = np.asarray(accuracy(states), dtype=np.float64)
     co = np.asarray(cost(states), dtype=np.float64)
@@ -1356,9 +1361,11 @@ def repair(
             break
         b = live.size
         cur = x[live]
-        nb = np.where(mask[None], vals[None], cur[:, None, :])
-        flat_nb = nb.reshape(b * nt, -1)
-        valid = np.any(fl.canonical(flat_nb) != np.repeat(fl.canonical(cur), nt, 0), 1)
+        flat_nb = fl.canonical(
+            np.where(mask[None], vals[None], cur[:, None, :]).reshape(b * nt, -1)
+        )
+        nb = flat_nb.reshape(b, nt, -1)
+        valid = np.any(flat_nb != np.repeat(cur, nt, 0), 1)
         s1, c1 = _score_rows(accuracy, cost, fl, flat_nb, valid)
         s1, c1 = s1.reshape(b, nt), c1.reshape(b, nt)
         saved = co[live, None] - c1
@@ -1425,7 +1432,7 @@ def _shrink(
         if live.size == 0:
             break
         b = live.size
-        nb = np.where(mask[None], vals[None], x[live][:, None, :]).reshape(b * nt, -1)
+        nb = fl.canonical(np.where(mask[None], vals[None], x[live][:, None, :]).reshape(b * nt, -1))
         c1 = np.asarray(cost(fl.arrays(nb)), dtype=np.float64).reshape(b, nt)
         down = c1 < co[live, None] - 1e-12
         # a uniform choice among the cost-lowering moves: random keys, masked argmax
