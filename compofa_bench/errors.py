@@ -68,8 +68,7 @@ class MissingDependencyError(CompofaError):
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
         super().__init__(
-            f"{purpose} needs the Python package '{package}': "
-            f"pip install 'compofa-bench[{extra}]'"
+            f"{purpose} needs the Python package '{package}': pip install 'compofa-bench[{extra}]'"
         )
         self.package = package
         self.extra = extra

@@ -100,9 +100,11 @@ class Arch:
         ks = "".join(str(self.ks[s]) for _, s, _ in act)
         e = "".join(str(self.e[s]) for _, s, _ in act)
         d = "".join(str(x) for x in self.d)
-        layout = "" if self.stage_sizes == MBV3_STAGE_SIZES else "L" + "".join(
-            str(x) for x in self.stage_sizes
-        ) + "-"
+        layout = (
+            ""
+            if self.stage_sizes == MBV3_STAGE_SIZES
+            else "L" + "".join(str(x) for x in self.stage_sizes) + "-"
+        )
         return f"{layout}r{self.resolution}-d{d}-k{ks}-e{e}"
 
     # ----------------------------------------------------------------- OFA dict form
@@ -148,8 +150,10 @@ def _int_list(value: object, name: str) -> tuple[int, ...]:
         raise ArchError(f"{name}: expected a list of integers, got {_typename(value)}")
     out = []
     for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (
-            isinstance(v, float) and (not math.isfinite(v) or not v.is_integer())
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or (isinstance(v, float) and (not math.isfinite(v) or not v.is_integer()))
         ):
             raise ArchError(f"{name}[{i}]: expected an integer, got {v!r}")
         out.append(int(v))
@@ -171,8 +175,10 @@ def _parse_resolution(spec: Mapping[str, Any], fallback: int | None) -> int:
         raw, name = fallback, "resolution"
     else:
         raise ArchError("arch has no resolution: give 'r': [R] or 'image_size': R")
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (
-        isinstance(raw, float) and (not math.isfinite(raw) or not raw.is_integer())
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, (int, float))
+        or (isinstance(raw, float) and (not math.isfinite(raw) or not raw.is_integer()))
     ):
         raise ArchError(f"{name}: expected an integer resolution, got {raw!r}")
     return int(raw)
@@ -326,8 +332,7 @@ class SearchSpace:
         for depth, coupled_e in self._stage_options(stage):
             kernel_sets = [self.kernel_choices[start + j] for j in range(depth)]
             expand_sets = [
-                (coupled_e,) if coupled_e is not None else self.expand_choices
-                for _ in range(depth)
+                (coupled_e,) if coupled_e is not None else self.expand_choices for _ in range(depth)
             ]
             for kk in itertools.product(*kernel_sets):
                 for ee in itertools.product(*expand_sets):
@@ -415,14 +420,18 @@ class SearchSpace:
         e: list[int] = []
         d: list[int] = []
         for stage in range(self.n_stages):
-            sl = slice(self._stage_starts[stage], self._stage_starts[stage] + self.stage_sizes[stage])
+            sl = slice(
+                self._stage_starts[stage], self._stage_starts[stage] + self.stage_sizes[stage]
+            )
             if self.coupling is not None:
                 src = a if rng.random() < 0.5 else b
                 d.append(src.d[stage])
                 e.extend(src.e[sl])
             else:
                 d.append(a.d[stage] if rng.random() < 0.5 else b.d[stage])
-                e.extend(x if rng.random() < 0.5 else y for x, y in zip(a.e[sl], b.e[sl], strict=True))
+                e.extend(
+                    x if rng.random() < 0.5 else y for x, y in zip(a.e[sl], b.e[sl], strict=True)
+                )
         r = a.resolution if rng.random() < 0.5 else b.resolution
         return Arch(tuple(ks), tuple(e), tuple(d), r, self.stage_sizes)
 
@@ -555,7 +564,9 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
             return check_resolutions(range(lo, hi + 1, int(step) if step else 4))
         return check_resolutions([int(x) for x in text.split(",") if x.strip()])
     except ValueError as exc:
-        raise SpaceError(f"cannot parse resolutions {text!r}: use '160,224' or '128-224:4'") from exc
+        raise SpaceError(
+            f"cannot parse resolutions {text!r}: use '160,224' or '128-224:4'"
+        ) from exc
 
 
 # =============================================================================== registry
@@ -574,7 +585,9 @@ def _mbv3_space(name: str, description: str, **kwargs: Any) -> SearchSpace:
     return SearchSpace(name=name, description=description, **defaults)
 
 
-def _fixed_kernels(per_stage: Sequence[int], stage_sizes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+def _fixed_kernels(
+    per_stage: Sequence[int], stage_sizes: Sequence[int]
+) -> tuple[tuple[int, ...], ...]:
     return tuple((k,) for k, n in zip(per_stage, stage_sizes, strict=True) for _ in range(n))
 
 
