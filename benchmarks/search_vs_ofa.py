@@ -7,14 +7,14 @@ MobileNetV3 space at resolutions 160,176,192,208,224 (OFA's ArchManager). OFA's 
 with its own budget: population 100, 500 generations, parent ratio 0.25, mutation ratio 0.5,
 mutation prob 0.1. Ours runs its default search (evolution with the same operators, then the
 multi-start iterated local search of ``search.EvolutionConfig``) with ``--generations`` (default
-20) generations.
+10) generations.
 
 Reports per target: predicted accuracy of each winner (both re-scored with our predictor, which
 equals OFA's to 1e-6), its latency re-checked on OFA's own table, and wall time per target.
 Ours runs twice: all targets in one call (time / targets) and one call per target.
 
     .venv/bin/python benchmarks/search_vs_ofa.py [--targets 15,20,25,30] [--seeds 0]
-        [--generations 20] [--ofa-generations 500] [--json out.json]
+        [--generations 10] [--ofa-generations 500] [--json out.json]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> int:
     )
     ap.add_argument("--targets", default="15,20,25,30")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, each run for both")
-    ap.add_argument("--generations", type=int, default=20, help="our evolution's generations")
+    ap.add_argument("--generations", type=int, default=10, help="our evolution's generations")
     ap.add_argument("--ofa-generations", type=int, default=500, help="OFA's max_time_budget")
     ap.add_argument(
         "--our-seeds",

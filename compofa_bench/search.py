@@ -667,9 +667,9 @@ class EvolutionConfig:
     #: two-gene moves tried per state and step of the local search (0: single moves only)
     local_pairs: int = 32
     #: random starts per target and resolution for the local search
-    local_random: int = 3
+    local_random: int = 4
     #: rounds of iterated local search: kick each local optimum, repair, climb again
-    local_kicks: int = 3
+    local_kicks: int = 2
     #: per-gene mutation probability of a kick
     kick_prob: float = 0.2
 
@@ -1189,7 +1189,13 @@ def local_search(
         )
         nb = flat_nb.reshape(b, nt, -1)
         valid = np.any(flat_nb != np.repeat(cur, nt, 0), 1)
-        s1, c1 = _score_rows(accuracy, cost, fl, flat_nb, valid)
+        # price every move (a cheap gather), but score only those that meet the limit: near
+        # the limit about half do not, and the scorer is the main cost
+        c1 = np.full(b * nt, np.inf)
+        vi = np.nonzero(valid)[0]
+        c1[vi] = np.asarray(cost(fl.arrays(flat_nb[vi])), dtype=np.float64)
+        feas = c1 <= np.repeat(limits[live], nt)
+        s1 = _score_only(accuracy, fl, flat_nb, feas)
         valid = valid.reshape(b, nt)
         s1, c1 = s1.reshape(b, nt), c1.reshape(b, nt)
         rows = np.arange(b)
@@ -1203,6 +1209,15 @@ def local_search(
         if pairs > 0 and stuck.size:
             # promising pairs: feasible by their summed cost change, best by summed gain
             live_s = live[stuck]
+            # the pairs need the gains of the moves over the limit too: score them now
+            late = valid[stuck] & ~feas.reshape(b, nt)[stuck]
+            s1[stuck] = np.where(
+                late,
+                _score_only(
+                    accuracy, fl, nb[stuck].reshape(-1, fl.width), late.reshape(-1)
+                ).reshape(late.shape),
+                s1[stuck],
+            )
             gain = np.where(valid[stuck], s1[stuck] - sc[live_s, None], -np.inf)
             dcost = c1[stuck] - co[live_s, None]
             g2 = gain[:, ii] + gain[:, jj]
@@ -1444,3 +1459,14 @@ def _shrink(
         x[live[ok]] = nb.reshape(b, nt, -1)[rows, pick[ok]]
         co[live[ok]] = c1[rows, pick[ok]]
     return fl.arrays(x), co <= limits
+
+
+def _score_only(
+    accuracy: Callable[[ArchArrays], np.ndarray], fl: _Flat, rows: np.ndarray, which: np.ndarray
+) -> np.ndarray:
+    """Scores of the ``which`` rows, -inf elsewhere."""
+    out = np.full(len(rows), -np.inf)
+    idx = np.nonzero(which)[0]
+    if idx.size:
+        out[idx] = np.asarray(accuracy(fl.arrays(rows[idx])), dtype=np.float64)
+    return out
