@@ -9,8 +9,6 @@ latency is measured there next to the prediction.
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from compofa_bench.errors import ExportError, MissingDependencyError
+from compofa_bench.fileio import atomic_write_json
 from compofa_bench.spaces import Arch
 
 FORMATS = ("onnx", "tflite", "tensorrt")
@@ -240,21 +239,6 @@ def measure_artifact(
     }
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 # =============================================================================== search job
 
 
@@ -370,7 +354,7 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
         item = target_record(r, outcome, job)
         if r.arch is not None:
             tdir = _target_dir(out, r.target, unit)
-            write_json_atomic(tdir / "arch.json", r.arch.to_ofa())
+            atomic_write_json(tdir / "arch.json", r.arch.to_ofa())
             if job.export and builder is not None:
                 res = export_arch(
                     r.arch, job.export, tdir / f"model{SUFFIX[job.export]}", job.source, builder
@@ -386,7 +370,7 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
                     item["measured_device"] = res.measured["device"]
                 if on_export is not None:
                     on_export(item)
-            write_json_atomic(tdir / "result.json", item)
+            atomic_write_json(tdir / "result.json", item)
         targets_out.append(item)
     frontier = [
         {"arch": a.to_ofa(), "key": a.key(), "score": s, "cost": c} for a, s, c in outcome.frontier
@@ -418,7 +402,7 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
         "targets": targets_out,
         "frontier": frontier,
     }
-    write_json_atomic(
+    atomic_write_json(
         out / "pareto.json",
         {"unit": unit, "accuracy_source": outcome.score_label, "frontier": frontier},
     )
@@ -434,7 +418,7 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
         score_label=score_label,
         title=f"{space.name}: {outcome.method} search",
     )
-    write_json_atomic(out / "search.json", doc)
+    atomic_write_json(out / "search.json", doc)
     return doc
 
 

@@ -17,8 +17,6 @@ import contextlib
 import csv
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from torch import nn
 from compofa_bench import spaces
 from compofa_bench.encoding import ArchArrays, Encoder
 from compofa_bench.errors import ArchError, PredictorError, SpaceError
+from compofa_bench.fileio import atomic_path
 from compofa_bench.spaces import Arch
 
 FORMAT = "compofa-bench-predictor"
@@ -117,15 +116,8 @@ class AccuracyPredictor:
             "info": json.dumps(self.info),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
 

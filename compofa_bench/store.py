@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compofa_bench.errors import MissingDependencyError, StoreError
+from compofa_bench.fileio import atomic_write_text
 from compofa_bench.measure import Stats
 
 SCHEMA_VERSION = 1
@@ -419,7 +420,10 @@ class ResultStore:
             raise StoreError(f"unknown export format {fmt!r}; use csv or json")
         if out is None:
             return text
-        atomic_write_text(Path(out), text)
+        try:
+            atomic_write_text(Path(out), text)
+        except OSError as exc:
+            raise StoreError(f"cannot write {out}: {exc}") from None
         return None
 
     def _query(self, q: str, params: Sequence[Any]) -> list[sqlite3.Row]:
@@ -428,13 +432,3 @@ class ResultStore:
                 return self._conn.execute(q, tuple(params)).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read results store {self.path}: {exc}") from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {exc}") from None

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compofa_bench.errors import ExportError, MissingDependencyError
+from compofa_bench.fileio import atomic_path
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -163,14 +163,8 @@ def convert(
             edge_model = lt.convert(wrapped, (sample,))
     except Exception as exc:  # the converter raises many unrelated types
         raise ExportError(f"litert-torch could not convert the module: {exc}") from exc
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        edge_model.export(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out_path) as tmp:
+        edge_model.export(str(tmp))
     return out_path
 
 
@@ -362,11 +356,8 @@ def _deliver(source: Path, out_path: str | Path | None) -> Path:
     out = Path(out_path)
     if out.exists() and os.path.samefile(source, out):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as dst, open(source, "rb") as src:
+    with atomic_path(out) as tmp, tmp.open("wb") as dst, open(source, "rb") as src:
         shutil.copyfileobj(src, dst, 1 << 20)
-    os.replace(tmp, out)
     return out
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import tempfile
 import time
@@ -38,6 +37,7 @@ from compofa_bench.adapters.gpu_options import TensorRTOptions, parse_tensorrt_o
 from compofa_bench.adapters.gpu_telemetry import Telemetry
 from compofa_bench.adapters.gpu_timing import require_cuda, time_on_stream
 from compofa_bench.errors import DeviceError, ExportError, MissingDependencyError
+from compofa_bench.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -177,13 +177,7 @@ def _mkdir(path: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
 
 
 def network_flags(trt: Any, precision: str) -> int:

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from compofa_bench.errors import LutError
-from compofa_bench.lut.table import LatencyTable, LutEntry, atomic_write_text
+from compofa_bench.fileio import atomic_write_text
+from compofa_bench.lut.table import LatencyTable, LutEntry
 
 _FILE_RE = re.compile(r"^(\d+)_lookup_table\.ya?ml$")
 

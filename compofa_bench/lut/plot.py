@@ -24,7 +24,7 @@ def scatter(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from compofa_bench.lut.table import atomic_write_bytes
+    from compofa_bench.fileio import atomic_write_bytes
 
     m = np.asarray(measured_ms, dtype=float)
     p = np.asarray(predicted_ms, dtype=float)

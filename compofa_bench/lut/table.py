@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from compofa_bench.errors import LutError
+from compofa_bench.fileio import atomic_write_text
 from compofa_bench.lut.keys import BaseLayout, layout
 from compofa_bench.spaces import Arch
 
@@ -432,31 +431,3 @@ def _calibration_from_json(raw: Any, source: str) -> Calibration | None:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise LutError(f"{source}: invalid calibration ({exc})") from None
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; tables and plots are shared files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,31 +10,16 @@ import numpy as np
 import torch
 
 from compofa_bench.errors import TrainError
+from compofa_bench.fileio import atomic_path
 
 FORMAT = "compofa-bench-train/1"
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace``: a crash
-    or signal mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """``torch.save`` through a temporary file, fsynced, then renamed: a crash or signal
+    mid-write leaves the previous checkpoint intact."""
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch import nn
 from compofa_bench import data as data_mod
 from compofa_bench import spaces
 from compofa_bench.errors import DataError, TrainError
+from compofa_bench.fileio import atomic_path
 from compofa_bench.spaces import Arch, SearchSpace
 from compofa_bench.train import checkpoint as ckpt
 
@@ -134,18 +133,10 @@ def read_done(path: Path) -> dict[tuple[str, str], AccRow | list[str]]:
 
 
 def _write_atomic(path: Path, rows: Sequence[list[str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(HEADER)
-            w.writerows(rows)
-        os.chmod(tmp, 0o666 & ~ckpt._umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(HEADER)
+        w.writerows(rows)
 
 
 class _Images:
