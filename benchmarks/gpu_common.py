@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compofa_bench.devices import DeviceSpec, load_device
-from compofa_bench.lut.validate import spearman
+from compofa_bench.ranking import spearman
 from compofa_bench.spaces import Arch
 
 

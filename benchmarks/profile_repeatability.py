@@ -20,11 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    return float(np.corrcoef(ra, rb)[0, 1])
+from compofa_bench.ranking import spearman
 
 
 def main() -> None:

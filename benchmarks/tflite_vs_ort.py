@@ -25,26 +25,8 @@ import numpy as np
 from compofa_bench import spaces
 from compofa_bench.devices import load_device
 from compofa_bench.profile import profile_archs
+from compofa_bench.ranking import kendall_tau_b, spearman
 from compofa_bench.store import ResultStore
-
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(len(x))
-    return r
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
-
-
-def kendall(a: np.ndarray, b: np.ndarray) -> float:
-    n, s = len(a), 0.0
-    for i in range(n):
-        for j in range(i + 1, n):
-            s += np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
-    return float(2 * s / (n * (n - 1)))
 
 
 def interleaved(archs, keys, tfl, ort, rounds: int) -> dict:
@@ -89,7 +71,7 @@ def interleaved(archs, keys, tfl, ort, rounds: int) -> dict:
     return {
         "rounds": rounds,
         "spearman": spearman(t, o),
-        "kendall_tau": kendall(t, o),
+        "kendall_tau": kendall_tau_b(t, o),
         "tflite_median_ms": float(np.median(t)),
         "ort_median_ms": float(np.median(o)),
         "ratio_tflite_over_ort_median": float(np.median(t / o)),
@@ -161,7 +143,7 @@ def main() -> int:
     result = {
         "n": len(keys),
         "spearman": spearman(t, o),
-        "kendall_tau": kendall(t, o),
+        "kendall_tau": kendall_tau_b(t, o),
         "tflite_median_ms": float(np.median(t)),
         "ort_median_ms": float(np.median(o)),
         "ratio_tflite_over_ort_median": float(np.median(t / o)),

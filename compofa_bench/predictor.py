@@ -31,6 +31,7 @@ from compofa_bench import spaces
 from compofa_bench.encoding import ArchArrays, Encoder
 from compofa_bench.errors import ArchError, PredictorError, SpaceError
 from compofa_bench.fileio import atomic_path
+from compofa_bench.ranking import kendall_tau_b
 from compofa_bench.spaces import Arch
 
 FORMAT = "compofa-bench-predictor"
@@ -246,19 +247,6 @@ class TrainConfig:
     seed: int = 0
 
 
-def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall's tau-b (ties counted as neither concordant nor discordant)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.size < 2:
-        return float("nan")
-    i, j = np.triu_indices(a.size, k=1)
-    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    n0 = float(i.size)
-    ties_a, ties_b = float(np.sum(da == 0)), float(np.sum(db == 0))
-    denom = math.sqrt((n0 - ties_a) * (n0 - ties_b))
-    return float(np.sum(da * db) / denom) if denom > 0 else float("nan")
-
-
 def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
@@ -312,7 +300,7 @@ def train_predictor(
         "n_train": len(tr_idx),
         "n_val": int(n_val),
         "val_rmse": rmse(val_pred, y_val),
-        "val_kendall_tau": kendall_tau(val_pred, y_val),
+        "val_kendall_tau": kendall_tau_b(val_pred, y_val),
         "train_rmse": rmse(tr_pred, y_all[tr_idx]),
         "best_epoch": best_epoch,
         "epochs_run": epoch,

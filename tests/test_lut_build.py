@@ -14,7 +14,8 @@ from compofa_bench.cli import main
 from compofa_bench.errors import LutError
 from compofa_bench.lut import LatencyTable
 from compofa_bench.lut.layers import unique_layers
-from compofa_bench.lut.validate import fit_calibration, kendall_tau_b, metrics, spearman
+from compofa_bench.lut.validate import fit_calibration, metrics
+from compofa_bench.ranking import kendall_tau_b, spearman
 
 pytest.importorskip("onnxruntime")
 
