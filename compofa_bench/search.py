@@ -667,7 +667,7 @@ class EvolutionConfig:
     #: two-gene moves tried per state and step of the local search (0: single moves only)
     local_pairs: int = 32
     #: random starts per target and resolution for the local search
-    local_random: int = 4
+    local_random: int = 2
     #: rounds of iterated local search: kick each local optimum, repair, climb again
     local_kicks: int = 2
     #: per-gene mutation probability of a kick
@@ -1315,6 +1315,24 @@ def _polish(
         t_arr[own],
         pairs=cfg.local_pairs,
     )
+    if nt > 1:
+        # every target also starts from every other target's best optimum, repaired under
+        # its own target when it is over: neighbouring targets often share a basin
+        tbest = np.array(
+            [int(np.nonzero(own == ti)[0][np.argmax(xsc[own == ti])]) for ti in range(nt)]
+        )
+        src = np.tile(tbest, nt)
+        dst = np.repeat(np.arange(nt), nt)
+        keep = src != tbest[dst]
+        src, dst = src[keep], dst[keep]
+        cx, _, _, cok = repair(space, score_fn, pricer, take(xs, src), t_arr[dst])
+        ci = np.nonzero(cok)[0]
+        if ci.size:
+            ys, ysc, yco = local_search(
+                space, score_fn, pricer, take(cx, ci), t_arr[dst[ci]], pairs=cfg.local_pairs
+            )
+            xs, xsc, xco = concat([xs, ys]), np.concatenate([xsc, ysc]), np.concatenate([xco, yco])
+            own = np.concatenate([own, dst[ci]])
     if cfg.local_kicks:
         # the best few distinct optima of each target go on to iterated local search
         xkeys = arch_keys(xs, space.stage_sizes)
