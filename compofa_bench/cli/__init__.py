@@ -36,7 +36,10 @@ On-device latency profiling, lookup tables and search for once-for-all networks
 The usual path on a new target:
   compofa-bench profile   --device cpu-ort --space compofa --sample 20
   compofa-bench lut build --device cpu-ort --space compofa --out lookup_tables/mine.json
-  compofa-bench search    --space compofa --lut lookup_tables/mine.json --latency 10,15 --out out/
+  compofa-bench search    --space compofa --lut lookup_tables/mine.json \\
+                          --predictor P.pt --latency 10,15 --export onnx --out out/
+All of it at once, on this CPU:  compofa-bench demo
+Every command has --help with examples.
 """
 
 
