@@ -173,20 +173,14 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     stopped = json.loads(metrics.read_text().splitlines()[-1])
     assert stopped["phase"] == "compound" and stopped["global_step"] < 6
 
-    resumed = Trainer(
-        R.load(recipe_path),
-        TrainConfig(data="fashion-mnist", out=out, subset=16, device="cpu", quiet=True),
-        resume=True,
-    )
-    assert 0 < resumed.pos.global_step < 6
-    resumed.run()
-    straight = Trainer(
-        R.load(recipe_path),
-        TrainConfig(
-            data="fashion-mnist", out=tmp_path / "straight", subset=16, device="cpu", quiet=True
-        ),
-    )
-    straight.run()
+    # Resume and the uninterrupted reference both run as CLI processes, like the killed run, so
+    # all three share thread settings (in-process state left by other tests cannot differ).
+    resumed = _train_cli(recipe_path, out, "--resume")
+    _, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err
+    straight = _train_cli(recipe_path, tmp_path / "straight")
+    _, err = straight.communicate(timeout=240)
+    assert straight.returncode == 0, err
     a = torch.load(out / FINAL, weights_only=False)
     b = torch.load(tmp_path / "straight" / FINAL, weights_only=False)
     assert a["position"] == b["position"]
