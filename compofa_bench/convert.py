@@ -32,13 +32,15 @@ _EXPORT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run PyTorch on ``n`` threads inside the block. Exports run single-threaded: tracing is
-    mostly Python, and idle OpenMP workers left spinning after a multi-threaded export would
-    steal CPU from the ONNX Runtime timing that follows."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run PyTorch on ``n`` threads inside the block (``None``: leave it alone). Exports run
+    single-threaded: tracing is mostly Python, and idle OpenMP workers left spinning after a
+    multi-threaded export would steal CPU from the ONNX Runtime timing that follows."""
     import torch
 
     old = torch.get_num_threads()
+    if n is None:
+        n = old
     if old != n:
         torch.set_num_threads(n)
     try:

@@ -13,12 +13,11 @@ Prediction is batched: archs are encoded with numpy and run through one forward 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from compofa_bench import spaces
+from compofa_bench.convert import torch_threads
 from compofa_bench.encoding import ArchArrays, Encoder
 from compofa_bench.errors import ArchError, PredictorError, SpaceError
 from compofa_bench.fileio import atomic_path
@@ -42,19 +42,6 @@ ACC_CSV_HEADER = ("space", "key", "resolution", "top1", "arch")
 
 #: Batches up to this many rows are scored on one thread (see predict_features).
 SMALL_BATCH = 4096
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def build_mlp(in_dim: int, hidden: Sequence[int] = OFA_HIDDEN) -> nn.Sequential:
@@ -92,7 +79,7 @@ class AccuracyPredictor:
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         # A search scores a few hundred rows per call: intra-op threads cost more in wake-ups
         # than they save (20x slower on a loaded 2-core machine), so small batches run on one.
-        with _torch_threads(1 if len(x) <= SMALL_BATCH else None):
+        with torch_threads(1 if len(x) <= SMALL_BATCH else None):
             return self.model(x).squeeze(1).double().numpy()
 
     def predict(self, archs: Sequence[Arch] | ArchArrays) -> np.ndarray:
@@ -286,7 +273,7 @@ def train_predictor(
         model[-1].bias.fill_(float(y_tr.mean()))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     started = time.perf_counter()
-    with _torch_threads(1):  # small batches: thread wake-ups cost more than they save
+    with torch_threads(1):  # small batches: thread wake-ups cost more than they save
         _, best_epoch, epoch, best_state = _fit(
             model, opt, x_tr, y_tr, x_val, y_val, config, gen, progress
         )
