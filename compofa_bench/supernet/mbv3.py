@@ -12,11 +12,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from compofa_bench.errors import SupernetError
 from compofa_bench.spaces import MBV3_STAGE_SIZES, Arch
 from compofa_bench.supernet.dynamic_ops import DynamicMBConv
 from compofa_bench.supernet.geometry import MBV3Config, mbv3_layer_specs
-from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig
+from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig, check_build_args
 from compofa_bench.supernet.static_layers import (
     ConvBNAct,
     LinearHead,
@@ -45,14 +44,9 @@ def build_mbv3(
     depth_list: Sequence[int] = (2, 3, 4),
 ) -> ElasticSupernet:
     """The elastic MobileNetV3 with OFA's structure and key names (random init)."""
-    if width_mult <= 0:
-        raise SupernetError(f"width_mult must be positive, got {width_mult}")
-    if n_classes < 1:
-        raise SupernetError(f"n_classes must be >= 1, got {n_classes}")
-    if not 0 <= dropout_rate < 1:
-        raise SupernetError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    if max(depth_list) != MBV3_STAGE_SIZES[0]:
-        raise SupernetError(f"MobileNetV3 stages hold {MBV3_STAGE_SIZES[0]} blocks at most")
+    check_build_args(
+        "MobileNetV3", width_mult, n_classes, dropout_rate, depth_list, MBV3_STAGE_SIZES[0]
+    )
     cfg = MBV3Config(width_mult=width_mult, n_classes=n_classes)
     widths = cfg.widths
     stem_c, first_c = widths[0], widths[1]

@@ -266,3 +266,22 @@ def _copy_bn_settings(src: nn.Module, dst: nn.Module) -> None:
     for m in dst.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum, m.eps = momentum, eps
+
+
+def check_build_args(
+    base: str,
+    width_mult: float,
+    n_classes: int,
+    dropout_rate: float,
+    depth_list: Sequence[int],
+    max_depth: int,
+) -> None:
+    """Validate the arguments every base's builder takes (SupernetError naming the bad one)."""
+    if width_mult <= 0:
+        raise SupernetError(f"width_mult must be positive, got {width_mult}")
+    if n_classes < 1:
+        raise SupernetError(f"n_classes must be >= 1, got {n_classes}")
+    if not 0 <= dropout_rate < 1:
+        raise SupernetError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    if max(depth_list) != max_depth:
+        raise SupernetError(f"{base} stages hold {max_depth} blocks at most")

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from compofa_bench.errors import SupernetError
 from compofa_bench.spaces import PROXYLESS_STAGE_SIZES, Arch
 from compofa_bench.supernet.dynamic_ops import DynamicMBConv
 from compofa_bench.supernet.geometry import LayerSpec, ProxylessConfig, proxyless_layer_specs
 from compofa_bench.supernet.mbv3 import _init_weights
-from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig
+from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig, check_build_args
 from compofa_bench.supernet.static_layers import ConvBNAct, LinearHead, MBConv, Residual
 
 #: Geometry kind -> module name of the head, as in OFAProxylessNASNets. The global pooling
@@ -40,14 +39,9 @@ def build_proxyless(
     depth_list: Sequence[int] = (2, 3, 4),
 ) -> ElasticSupernet:
     """The elastic ProxylessNAS net with OFA's structure and key names (random init)."""
-    if width_mult <= 0:
-        raise SupernetError(f"width_mult must be positive, got {width_mult}")
-    if n_classes < 1:
-        raise SupernetError(f"n_classes must be >= 1, got {n_classes}")
-    if not 0 <= dropout_rate < 1:
-        raise SupernetError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    if max(depth_list) != PROXYLESS_STAGE_SIZES[0]:
-        raise SupernetError(f"ProxylessNAS stages hold {PROXYLESS_STAGE_SIZES[0]} blocks at most")
+    check_build_args(
+        "ProxylessNAS", width_mult, n_classes, dropout_rate, depth_list, PROXYLESS_STAGE_SIZES[0]
+    )
     cfg = ProxylessConfig(width_mult=width_mult, n_classes=n_classes)
     widths = cfg.widths
     stem_c, first_c = widths[0], widths[1]
