@@ -34,6 +34,8 @@ from compofa_bench.fileio import atomic_path
 if TYPE_CHECKING:
     import torch.nn as nn
 
+    from compofa_bench.adapters.base import Workload
+
 PRECISIONS = ("float32",)
 
 #: Default parity tolerance: max |tflite - torch| <= ATOL + RTOL * max |torch|.
@@ -263,6 +265,26 @@ def to_tflite(
         rtol=rtol,
         atol=atol,
     ).path
+
+
+def convert_workload(
+    workload: Workload,
+    cache_dir: str | Path | None,
+    *,
+    precision: str = "float32",
+    parity: bool = True,
+) -> ConversionInfo:
+    """What every TFLite adapter's ``prepare`` does: convert a workload into the shared cache
+    (keyed by its cache_key), parity-checked."""
+    return convert_cached(
+        workload.module,
+        workload.input_shape,
+        None,
+        cache_dir or default_cache_dir(),
+        cache_key=workload.cache_key,
+        precision=precision,
+        parity=parity,
+    )
 
 
 def convert_cached(

@@ -195,14 +195,8 @@ class AndroidAdbAdapter(Adapter):
     def prepare(self, workload: Workload) -> Prepared:
         from compofa_bench import tflite_convert
 
-        info = tflite_convert.convert_cached(
-            workload.module,
-            workload.input_shape,
-            None,
-            self.cache_dir or tflite_convert.default_cache_dir(),
-            cache_key=workload.cache_key,
-            precision=self.precision,
-            parity=self.parity_check,
+        info = tflite_convert.convert_workload(
+            workload, self.cache_dir, precision=self.precision, parity=self.parity_check
         )
         run_dir = f"{self.remote_dir}/compofa-bench-{uuid.uuid4().hex[:12]}"
         handle = {
