@@ -7,6 +7,7 @@ single-layer models for table building all read the :class:`LayerSpec` list that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from compofa_bench.errors import SupernetError
@@ -95,6 +96,35 @@ def middle_channels(in_c: int, expand_ratio: float) -> int:
     return make_divisible(round(in_c * expand_ratio), 8)
 
 
+def elastic_block_specs(
+    arch: Arch,
+    hw: int,
+    in_c: int,
+    widths: Sequence[int],
+    strides: Sequence[int],
+    acts: Sequence[str],
+    ses: Sequence[bool],
+) -> tuple[list[LayerSpec], int, int]:
+    """The inverted-residual blocks of the elastic stages, shared by every base: per stage its
+    output width, first-layer stride, activation and SE flag. Returns the specs and the
+    feature-map size and channels after the last block."""
+    specs: list[LayerSpec] = []
+    for stage, slot, layer in arch.active_layers():
+        out_c = widths[stage]
+        stride = strides[stage] if layer == 0 else 1
+        out_hw = conv_out_size(hw, stride)
+        e = arch.e[slot]
+        specs.append(
+            LayerSpec(
+                "expanded_conv", hw, in_c, out_hw, out_c, mid_c=middle_channels(in_c, e),
+                kernel=arch.ks[slot], stride=stride, idskip=stride == 1 and in_c == out_c,
+                se=ses[stage], act=acts[stage], expand_ratio=float(e),
+            )
+        )  # fmt: skip
+        hw, in_c = out_hw, out_c
+    return specs, hw, in_c
+
+
 def mbv3_layer_specs(arch: Arch, cfg: MBV3Config) -> list[LayerSpec]:
     """Every layer the subnet ``arch`` runs, in order."""
     widths = cfg.widths
@@ -122,29 +152,11 @@ def mbv3_layer_specs(arch: Arch, cfg: MBV3Config) -> list[LayerSpec]:
             has_expand_conv=False,
         )
     )
-    in_c = first_c
-    for stage, _slot, layer in arch.active_layers():
-        out_c = widths[stage + 2]
-        stride = cfg.stride_stages[stage + 1] if layer == 0 else 1
-        out_hw = conv_out_size(hw, stride)
-        e = arch.e[_slot]
-        specs.append(
-            LayerSpec(
-                "expanded_conv",
-                hw,
-                in_c,
-                out_hw,
-                out_c,
-                mid_c=middle_channels(in_c, e),
-                kernel=arch.ks[_slot],
-                stride=stride,
-                idskip=stride == 1 and in_c == out_c,
-                se=cfg.se_stages[stage + 1],
-                act=cfg.act_stages[stage + 1],
-                expand_ratio=float(e),
-            )
-        )
-        hw, in_c = out_hw, out_c
+    blocks, hw, in_c = elastic_block_specs(
+        arch, hw, first_c, widths[2:], cfg.stride_stages[1:], cfg.act_stages[1:],
+        cfg.se_stages[1:],
+    )  # fmt: skip
+    specs.extend(blocks)
     fe, last = cfg.final_expand_width, cfg.last_channel
     specs.append(LayerSpec("Conv_1", hw, in_c, hw, fe, kernel=1, act="h_swish"))
     specs.append(LayerSpec("AvgPool2D", hw, fe, 1, fe))
@@ -209,28 +221,11 @@ def proxyless_layer_specs(arch: Arch, cfg: ProxylessConfig) -> list[LayerSpec]:
             has_expand_conv=False,
         ),
     ]
-    in_c = first_c
-    for stage, slot, layer in arch.active_layers():
-        out_c = widths[stage + 2]
-        stride = cfg.stride_stages[stage] if layer == 0 else 1
-        out_hw = conv_out_size(hw, stride)
-        e = arch.e[slot]
-        specs.append(
-            LayerSpec(
-                "expanded_conv",
-                hw,
-                in_c,
-                out_hw,
-                out_c,
-                mid_c=middle_channels(in_c, e),
-                kernel=arch.ks[slot],
-                stride=stride,
-                idskip=stride == 1 and in_c == out_c,
-                act=cfg.act,
-                expand_ratio=float(e),
-            )
-        )
-        hw, in_c = out_hw, out_c
+    n = len(arch.d)
+    blocks, hw, in_c = elastic_block_specs(
+        arch, hw, first_c, widths[2:], cfg.stride_stages, (cfg.act,) * n, (False,) * n
+    )
+    specs.extend(blocks)
     last = cfg.last_channel
     specs.append(LayerSpec("Conv_1", hw, in_c, hw, last, kernel=1, act=cfg.act))
     # Logits keeps the feature-map size: it stands for pooling + classifier, as in OFA's table.
