@@ -170,11 +170,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc["targets"])
         return 0
-    _print_human(doc, args.out)
+    print_search(doc, args.out)
     return 0
 
 
-def _print_human(doc: dict, out_dir: str) -> None:
+def print_search(doc: dict, out_dir: str) -> None:
     out = console()
     ms = doc["unit"] == "ms"
     proxy = doc["accuracy_is_proxy"]
