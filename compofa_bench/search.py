@@ -602,6 +602,10 @@ class Pricer:
         g = Genome(sp)
         best: tuple[float, ArchArrays] | None = None
         m = self.model
+        # per slot, its cheapest allowed (kernel, expand) under each expand set, all slots at
+        # once: a priced-out combination (NaN) never wins
+        price = np.where(np.isnan(m.per_slot), np.inf, m.per_slot)
+        k_ok = np.array([[k in sp.kernel_choices[s] for k in m.kernels] for s in range(g.n_slots)])
         for r in sp.resolutions:
             ri = m.resolutions.index(r)
             ks = np.zeros(g.n_slots, dtype=np.int64)
@@ -610,27 +614,22 @@ class Pricer:
             start = 0
             for st, size in enumerate(sp.stage_sizes):
                 choice = None
+                sl = slice(start, start + size)
                 for depth, ce in _stage_genes(sp, st):
-                    cost, kk, ee = 0.0, [], []
                     exps = [ce] if ce is not None else list(sp.expand_choices)
-                    for j in range(size):
-                        s = start + j
-                        opts = [
-                            (m.per_slot[ri, s, m.kernels.index(k), m.expands.index(x)], k, x)
-                            for k in sp.kernel_choices[s]
-                            for x in exps
-                        ]
-                        v, k, x = min(opts, key=lambda o: np.nan_to_num(o[0], nan=np.inf))
-                        kk.append(k)
-                        ee.append(x)
-                        if j < depth:
-                            cost += v
+                    e_ok = np.isin(m.expands, exps)
+                    ok = k_ok[sl, :, None] & e_ok[None, None, :]
+                    p = np.where(ok, price[ri, sl], np.inf).reshape(size, -1)
+                    j = np.argmin(p, axis=1)
+                    cost = float(p[np.arange(size), j][:depth].sum())
+                    kk = np.asarray(m.kernels)[j // len(m.expands)]
+                    ee = np.asarray(m.expands)[j % len(m.expands)]
                     if choice is None or cost < choice[0]:
                         choice = (cost, depth, kk, ee)
                 assert choice is not None
                 d[st] = choice[1]
-                ks[start : start + size] = choice[2]
-                es[start : start + size] = choice[3]
+                ks[sl] = choice[2]
+                es[sl] = choice[3]
                 start += size
             arr = ArchArrays(ks[None], es[None], d[None], np.array([r]))
             total = float(self(arr)[0])
