@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _weights import randomize
 from torch import nn
 
 from compofa_bench import spaces, supernet
@@ -16,22 +17,6 @@ from compofa_bench.errors import ArchError, CheckpointError, SupernetError
 from compofa_bench.supernet import static_layers
 
 RES = 128
-
-
-def randomize(net: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("_matrix"):
-                p.add_(torch.randn(p.shape, generator=g) * 0.15)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +32,7 @@ def one_thread():
 def net() -> supernet.ElasticSupernet:
     torch.manual_seed(0)
     n = supernet.build("mbv3", width_mult=1.0, n_classes=10)
-    randomize(n)
+    randomize(n, torch.Generator().manual_seed(0))
     return n.eval()
 
 
@@ -289,7 +274,7 @@ def test_load_keeps_own_counters_when_missing(net) -> None:
 def test_reorganize_keeps_largest_subnet_function() -> None:
     torch.manual_seed(1)
     n = supernet.build("mbv3", n_classes=10)
-    randomize(n, 5)
+    randomize(n, torch.Generator().manual_seed(5))
     n.eval()
     big = spaces.get("ofa").largest(RES)
     small = spaces.get("ofa").smallest(RES)
@@ -322,7 +307,7 @@ def test_reorganize_matches_ofa() -> None:
     ofa = ofa_nets.OFAMobileNetV3(
         ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], n_classes=10
     )
-    randomize(ofa, 3)
+    randomize(ofa, torch.Generator().manual_seed(3))
     ours = supernet.build("mbv3", n_classes=10)
     ours.load_ofa_state_dict(ofa.state_dict())
     ofa.re_organize_middle_weights(expand_ratio_stage=1)
@@ -431,7 +416,7 @@ def test_counts_from_geometry_equal_module_counts(net, archs) -> None:
 def test_supernet_trains_through_dynamic_ops(archs) -> None:
     torch.manual_seed(4)
     n = supernet.build("mbv3", n_classes=10)
-    randomize(n, 6)
+    randomize(n, torch.Generator().manual_seed(6))
     arch = spaces.Arch((3,) * 20, (3,) * 20, (2,) * 5, RES)  # kernel 3 uses both transforms
     n.set_active(arch)
     n.train()
@@ -463,7 +448,7 @@ def test_dynamic_mbconv_is_reusable_standalone(act: str, use_se: bool) -> None:
 
     torch.manual_seed(0)
     block = DynamicMBConv(40, 48, (3, 5, 7), (3, 4, 6), 2, act, use_se).eval()
-    randomize(block, 1)
+    randomize(block, torch.Generator().manual_seed(1))
     x = torch.randn(2, 40, 16, 16)
     for k, e in ((3, 3), (5, 4), (7, 6)):
         block.set_active(k, e)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _weights import randomize
 from torch import nn
 
 from compofa_bench import spaces, supernet
@@ -24,29 +25,12 @@ N_ARCHS = 30
 REL_TOL = 1e-4
 
 
-def randomize_ofa(net: nn.Module, seed: int) -> None:
-    """Make every parameter and BN statistic matter (defaults are identities/zeros)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("_matrix"):
-                p.add_(torch.randn(p.shape, generator=g) * 0.15)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-
-
 def make_ofa(width: float, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = ofa_nets.OFAMobileNetV3(
         ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], width_mult=width
     )
-    randomize_ofa(net, seed + 1)
+    randomize(net, torch.Generator().manual_seed(seed + 1), var=(0.5, 2.0))
     return net.eval()
 
 
