@@ -264,8 +264,14 @@ class LutLatency:
                         vals = [t.value(r, key) for key in keys[:prefix] + keys[prefix + n :]]
                         if all(v is not None for v in vals):
                             fixed[ri] = sum(vals)
-        post = t.calibration.apply if getattr(t, "calibration", None) is not None else None
-        return AdditiveModel(sizes, space.resolutions, kernels, expands, fixed, per_slot, post)
+        cal = getattr(t, "calibration", None)
+        if cal is not None:
+            # overhead + scale_r * (fixed + sum of slots) is itself additive: fold it in so the
+            # model stays a plain gather (and Pricer checks the fold against predict_ms)
+            scales = np.array([cal.scale_for(r) for r in space.resolutions])
+            fixed = cal.overhead_ms + scales * fixed
+            per_slot = scales[:, None, None, None] * per_slot
+        return AdditiveModel(sizes, space.resolutions, kernels, expands, fixed, per_slot)
 
 
 class MeasuredLatency:

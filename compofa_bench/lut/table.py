@@ -9,7 +9,7 @@ each OFA file: merging them would make import/export lossy.
 
 A network's predicted latency is the sum of its layers' statistic (``mean`` for imported OFA
 tables, to match OFA; ``median`` for tables built here), optionally calibrated as
-``overhead_ms + scale * sum``.
+``overhead_ms + scale_r * sum`` with ``scale_r`` per resolution (or one global scale).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -71,16 +71,71 @@ class LutEntry:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``measured ≈ overhead_ms + scale * predicted``, fitted on one set of archs and
-    validated on another (``validation`` holds the figures on that separate set)."""
+    """``measured ≈ overhead_ms + scale_r * predicted``, fitted on one set of archs and
+    validated on another (``validation`` holds the figures on that separate set).
+
+    ``scale_r`` is ``scale_by_resolution[r]`` for the arch's resolution ``r``; ``scale`` is the
+    global form's scale (an empty ``scale_by_resolution``, as in tables written before
+    per-resolution calibration) and the fallback for a resolution the fit did not see.
+    Per resolution because the layer sum's bias depends on it (see docs/lut.md)."""
 
     overhead_ms: float
     scale: float
     fitted_on: int
     validation: dict[str, Any] = field(default_factory=dict)
+    scale_by_resolution: dict[int, float] = field(default_factory=dict)
 
-    def apply(self, predicted_ms: np.ndarray) -> np.ndarray:
-        return self.overhead_ms + self.scale * predicted_ms
+    def __post_init__(self) -> None:
+        # JSON object keys are strings; normalize so lookups by int resolution always hit.
+        norm = {int(r): float(s) for r, s in sorted(self.scale_by_resolution.items())}
+        object.__setattr__(self, "scale_by_resolution", norm)
+
+    @property
+    def form(self) -> str:
+        return "per-resolution" if self.scale_by_resolution else "global"
+
+    def scale_for(self, resolution: int) -> float:
+        return self.scale_by_resolution.get(int(resolution), self.scale)
+
+    def apply(
+        self, predicted_ms: np.ndarray, resolutions: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Calibrated latency of layer sums ``predicted_ms``; ``resolutions`` (one per value)
+        is needed only by the per-resolution form."""
+        p = np.asarray(predicted_ms, dtype=float)
+        if not self.scale_by_resolution:
+            return self.overhead_ms + self.scale * p
+        if resolutions is None:
+            raise LutError(
+                "this calibration has one scale per resolution: pass the archs' resolutions"
+            )
+        r = np.asarray(resolutions, dtype=np.int64)
+        if r.shape != p.shape:
+            raise LutError(
+                f"{p.size} latencies but {r.size} resolutions: give one resolution per value"
+            )
+        u, inv = np.unique(r, return_inverse=True)
+        scales = np.array([self.scale_for(int(x)) for x in u])[inv.reshape(r.shape)]
+        return self.overhead_ms + scales * p
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "overhead_ms": self.overhead_ms,
+            "scale": self.scale,
+            "scale_by_resolution": {str(r): s for r, s in self.scale_by_resolution.items()},
+            "fitted_on": self.fitted_on,
+            "validation": self.validation,
+        }
+
+    def describe(self) -> str:
+        """One line for people: the formula with its numbers."""
+        if not self.scale_by_resolution:
+            return f"{self.overhead_ms:.3f} ms + {self.scale:.4f} x layer sum"
+        per = ", ".join(f"{r}: {s:.4f}" for r, s in self.scale_by_resolution.items())
+        return (
+            f"{self.overhead_ms:.3f} ms + scale_r x layer sum, scale_r per resolution {{{per}}} "
+            f"(other resolutions {self.scale:.4f})"
+        )
 
 
 class LatencyTable:
@@ -210,7 +265,7 @@ class LatencyTable:
         ks, e, d = ks.reshape(n, n_slots), e.reshape(n, n_slots), d.reshape(n, len(sizes))
         total = self._predict_arrays(ks, e, d, r, sizes)
         if calibrated and self.calibration is not None:
-            total = self.calibration.apply(total)
+            total = self.calibration.apply(total, r)
         return total
 
     def _predict_arrays(
@@ -336,7 +391,7 @@ class LatencyTable:
             "statistic": self.statistic,
             "resolutions": list(self.resolutions),
             "provenance": self.provenance,
-            "calibration": None if self.calibration is None else asdict(self.calibration),
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
             "entries": {
                 str(r): {k: v.to_json() for k, v in sorted(e.items())}
                 for r, e in self.entries.items()
@@ -428,6 +483,8 @@ def _calibration_from_json(raw: Any, source: str) -> Calibration | None:
             scale=float(raw["scale"]),
             fitted_on=int(raw.get("fitted_on", 0)),
             validation=dict(raw.get("validation") or {}),
+            # absent in tables written before per-resolution calibration: the global form
+            scale_by_resolution=dict(raw.get("scale_by_resolution") or {}),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LutError(f"{source}: invalid calibration ({exc})") from None
