@@ -3,7 +3,8 @@
 Steps (all store-backed, so a rerun reuses every finished measurement):
  1. build the CompOFA table at 4 resolutions on DEVICE (isolated single-layer models);
  2. validate it on N random CompOFA archs measured end to end, with a calibration fitted on
-    M *other* archs (stored in the table);
+    M *other* archs measured interleaved with them (one scale per resolution when each has at
+    least 2; stored in the table), and the mean error per resolution before and after it;
  3. estimate the device time of measuring all 972 CompOFA networks end to end from the
     measured per-network cost (wall time of the validate run / archs measured);
  4. build the OFA-space table at the same resolutions (reusing the CompOFA layers) and report
@@ -110,6 +111,7 @@ def main() -> None:
         "uncalibrated": report["uncalibrated"],
         "calibrated": report.get("calibrated"),
         "calibration": report.get("calibration"),
+        "bias_by_resolution": report["bias_by_resolution"],
         "ofa_space": ofa,
         "archs": report["archs"],
     }

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from compofa_bench import search as S
 from compofa_bench import spaces
 from compofa_bench.cli import main
 from compofa_bench.errors import LutError
@@ -21,7 +22,9 @@ from compofa_bench.lut import (
     export_ofa_dir,
     import_ofa_dir,
 )
+from compofa_bench.lut import validate as V
 from compofa_bench.lut.layers import unique_layers
+from compofa_bench.lut.validate import fit_calibration, metrics
 
 NOTE10 = "compofa/latency_table@note10"
 
@@ -322,3 +325,172 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys):
         == 2
     )
     assert "no <R>_lookup_table.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- calibration
+
+
+def _per_resolution_data(n_per_res: int, seed: int):
+    """Layer sums at 4 resolutions and 'measurements' made with known per-resolution scales,
+    a shared overhead, and 0.5% multiplicative noise."""
+    rng = np.random.default_rng(seed)
+    scales = {160: 0.84, 176: 0.89, 192: 0.91, 224: 1.06}
+    r = np.repeat(list(scales), n_per_res)
+    rng.shuffle(r)
+    p = rng.uniform(4, 40, size=r.size)
+    truth = 0.6 + np.array([scales[x] for x in r]) * p
+    return p, truth * (1 + rng.normal(scale=0.005, size=r.size)), r, scales
+
+
+def test_fit_recovers_known_per_resolution_scales():
+    p, m, r, scales = _per_resolution_data(40, seed=11)
+    cal = fit_calibration(p, m, r)
+    assert cal.form == "per-resolution" and cal.fitted_on == len(p)
+    assert set(cal.scale_by_resolution) == set(scales)
+    for res, s in scales.items():
+        assert cal.scale_by_resolution[res] == pytest.approx(s, rel=0.01)
+    assert cal.overhead_ms == pytest.approx(0.6, abs=0.15)
+    # Per-resolution beats the global form on data with a per-resolution bias.
+    o, s = fit_calibration(p, m)
+    per_res = metrics(cal.apply(p, r), m)["rmspe"]
+    assert per_res < 0.01 < metrics(o + s * p, m)["rmspe"]
+    # The fallback scale (resolutions the fit did not see) is a pooled one, between the ends.
+    assert min(scales.values()) < cal.scale < max(scales.values())
+    assert cal.scale_for(208) == cal.scale
+
+
+def test_fit_falls_back_to_global_when_a_resolution_has_one_arch():
+    p, m, r, _ = _per_resolution_data(5, seed=12)
+    keep = np.ones(len(r), dtype=bool)
+    keep[np.flatnonzero(r == 176)[1:]] = False  # one arch left at 176
+    cal = fit_calibration(p[keep], m[keep], r[keep])
+    assert cal.form == "global" and cal.scale_by_resolution == {}
+    assert (cal.overhead_ms, cal.scale) == pytest.approx(fit_calibration(p[keep], m[keep]))
+    # Two archs at every resolution suffice for the per-resolution form.
+    two = np.concatenate([np.flatnonzero(r == x)[:2] for x in (160, 176, 192, 224)])
+    assert fit_calibration(p[two], m[two], r[two]).form == "per-resolution"
+    with pytest.raises(LutError, match="at least 3"):
+        fit_calibration(p[:2], m[:2], r[:2])
+    with pytest.raises(LutError, match="one resolution per arch"):
+        fit_calibration(p, m, r[:-1])
+
+
+def test_per_resolution_calibration_needs_resolutions_to_apply():
+    cal = Calibration(0.5, 1.0, 8, scale_by_resolution={160: 0.8, 224: 1.1})
+    np.testing.assert_allclose(cal.apply(np.array([10.0, 10.0, 10.0]), [160, 224, 192]),
+                               [8.5, 11.5, 10.5])  # fmt: skip
+    with pytest.raises(LutError, match="resolutions"):
+        cal.apply(np.array([10.0]))
+    # The global form applies without them, as before.
+    assert Calibration(0.5, 2.0, 8).apply(np.array([3.0]))[0] == 6.5
+
+
+def test_old_table_file_with_a_single_scale_loads_and_predicts_as_before(tmp_path):
+    space = spaces.get("compofa", [160, 224])
+    table = _synthetic_table(space, 1.0, seed=4)
+    raw = table.to_json()
+    # the calibration block exactly as tables were written before per-resolution scales
+    raw["calibration"] = {"overhead_ms": 0.4, "scale": 1.02, "fitted_on": 40,
+                          "validation": {"n": 100, "rmspe": 0.03}}  # fmt: skip
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(raw))
+    old = LatencyTable.load(path)
+    assert old.calibration.form == "global" and old.calibration.scale_by_resolution == {}
+    archs = space.sample_many(50, np.random.default_rng(2))
+    sums = table.predict_ms(archs)
+    np.testing.assert_allclose(old.predict_ms(archs), 0.4 + 1.02 * sums, rtol=1e-12)
+    assert "scale_by_resolution" in old.to_json()["calibration"]
+
+
+def test_per_resolution_calibration_json_round_trip_and_prediction(tmp_path):
+    space = spaces.get("compofa", [160, 224])
+    cal = Calibration(0.3, 1.0, 12, {"rmspe": 0.1}, scale_by_resolution={160: 0.85, 224: 1.05})
+    table = _synthetic_table(space, 1.0, seed=5).with_calibration(cal)
+    loaded = LatencyTable.load(table.save(tmp_path / "t.json"))
+    assert loaded.calibration == cal
+    assert loaded.calibration.scale_by_resolution == {160: 0.85, 224: 1.05}
+    archs = space.sample_many(60, np.random.default_rng(3))
+    sums = loaded.predict_ms(archs, calibrated=False)
+    want = np.array([0.3 + (0.85 if a.resolution == 160 else 1.05) * s for a, s in
+                     zip(archs, sums, strict=True)])  # fmt: skip
+    np.testing.assert_allclose(loaded.predict_ms(archs), want, rtol=1e-12)
+    assert {a.resolution for a in archs} == {160, 224}
+
+
+def test_bad_per_resolution_calibration_is_a_lut_error(tmp_path):
+    raw = _synthetic_table(spaces.get("compofa", [160]), 1.0, seed=1).to_json()
+    raw["calibration"] = {"overhead_ms": 0.1, "scale": 1.0, "scale_by_resolution": {"x": 1.0}}
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(LutError, match="invalid calibration"):
+        LatencyTable.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("form", ["global", "per-resolution"])
+def test_search_with_a_calibrated_table_prices_as_the_table(form):
+    space = spaces.get("compofa", [160, 192, 224])
+    scales = {160: 0.82, 192: 0.93, 224: 1.07} if form == "per-resolution" else {}
+    cal = Calibration(0.7, 0.95, 30, scale_by_resolution=scales)
+    table = _synthetic_table(space, 1.0, seed=8).with_calibration(cal)
+    source = S.LutLatency(table)
+    model = source.additive(space)
+    assert model.post is None  # the calibration is folded into the model's terms
+    sample = S.Genome(space).sample(500, np.random.default_rng(9))
+    archs = [S.to_arch(sample, i, space.stage_sizes) for i in range(len(sample))]
+    np.testing.assert_allclose(model.evaluate(sample), table.predict_ms(archs), rtol=1e-12)
+    # End to end: the search's Pricer verifies the model against the table, and each winner's
+    # cost is the table's calibrated prediction.
+    lat = table.predict_ms(list(space.enumerate()))
+    targets = list(np.quantile(lat, [0.2, 0.5, 0.8]))
+    out = S.search(space, S.MacsProxy(space), source, targets, np.random.default_rng(0))
+    assert all(r.feasible for r in out.results)
+    for r in out.results:
+        assert r.cost == pytest.approx(float(table.predict_ms([r.arch])[0]), rel=1e-12)
+        assert r.cost <= r.target
+
+
+def test_interleave_order_spreads_the_second_set_and_keeps_each_order():
+    order = V.interleave_order(6, 3)
+    assert sorted(order.tolist()) == list(range(9))
+    first = [int(i) for i in order if i < 6]
+    second = [int(i) for i in order if i >= 6]
+    assert first == list(range(6)) and second == [6, 7, 8]
+    # the 3 calibration archs sit in the first, middle and last third of the run
+    pos = [order.tolist().index(i) for i in (6, 7, 8)]
+    assert pos[0] < 3 <= pos[1] < 6 <= pos[2]
+    assert V.interleave_order(4, 0).tolist() == [0, 1, 2, 3]
+
+
+def test_bias_by_resolution_is_the_mean_signed_error_per_resolution():
+    measured = np.array([10.0, 20.0, 10.0, 10.0])
+    predicted = np.array([12.0, 22.0, 9.0, 10.0])
+    got = V.bias_by_resolution(predicted, measured, [160, 160, 224, 224])
+    assert got == {
+        160: {"n": 2, "mean_pct_error": pytest.approx(0.15)},
+        224: {"n": 2, "mean_pct_error": pytest.approx(-0.05)},
+    }
+
+
+def test_cli_show_and_predict_print_the_per_resolution_calibration(tmp_path, capsys):
+    space = spaces.get("compofa", [160, 224])
+    cal = Calibration(0.3, 1.0, 12, {"rmspe": 0.1, "n": 5, "within_5pct": 0.4,
+                                     "within_10pct": 0.8,
+                                     "bias_by_resolution": {"160": {"n": 3, "uncalibrated": 0.19,
+                                                                    "calibrated": 0.01}}},
+                      scale_by_resolution={160: 0.85, 224: 1.05})  # fmt: skip
+    path = _synthetic_table(space, 1.0, seed=5).with_calibration(cal).save(tmp_path / "t.json")
+    capsys.readouterr()
+    assert main(["lut", "show", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["calibration"]
+    assert shown["form"] == "per-resolution"
+    assert shown["scale_by_resolution"] == {"160": 0.85, "224": 1.05}
+    assert main(["lut", "show", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "per-resolution" in text and "160: 0.8500" in text and "+19.00%" in text
+    arch = space.sample_many(1, np.random.default_rng(0))[0]
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(arch.to_ofa()))
+    assert main(["lut", "predict", "--lut", str(path), str(arch_file), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    scale = 0.85 if arch.resolution == 160 else 1.05
+    assert got["calibration"] == {"form": "per-resolution", "overhead_ms": 0.3, "scale": scale}
+    assert got["latency_ms"] == pytest.approx(0.3 + scale * got["uncalibrated_ms"], rel=1e-12)

@@ -110,7 +110,11 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
     assert arch.key() in val_keys
     raw = float(saved.predict_ms(arch, calibrated=False)[0])
     c = saved.calibration
-    assert float(saved.predict_ms(arch)[0]) == pytest.approx(c.overhead_ms + c.scale * raw)
+    # one resolution with 3 fit archs: the per-resolution form, with that resolution's scale
+    assert c.form == "per-resolution" and set(c.scale_by_resolution) == {RES}
+    want = c.overhead_ms + c.scale_by_resolution[RES] * raw
+    assert float(saved.predict_ms(arch)[0]) == pytest.approx(want)
+    assert set(report["bias_by_resolution"]) == {RES}
     assert (workdir / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Measurements are reused on a second run.
     again = validate_table(
@@ -124,6 +128,41 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
     )
     assert again["measurement"]["measured_now"] == 0
     assert [r["measured_ms"] for r in again["archs"]] == [r["measured_ms"] for r in report["archs"]]
+
+
+@pytest.mark.slow
+def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, workdir):
+    from compofa_bench.lut.validate import interleave_order, validate_table
+    from compofa_bench.store import ResultStore
+
+    lut = workdir / "interleave.json"
+    lut.write_text((workdir / "t.json").read_text())  # validate stores its calibration here
+    store = workdir / "interleave.db"  # a fresh store: every arch is measured in this run
+    n, m, seed = 4, 3, 5
+    report = validate_table(
+        lut, workdir / "dev.toml", "compofa", n_sample=n, n_calibrate=m, seed=seed,
+        store_path=store, show_progress=False,
+    )  # fmt: skip
+    archs = spaces.get("compofa", [RES]).sample_many(n + m, np.random.default_rng(seed))
+    # The validation set is archs[:n], in order, exactly as before interleaving.
+    assert [row["key"] for row in report["archs"]] == [a.key() for a in archs[:n]]
+    with ResultStore(store) as st:
+        rows = st.rows(("workload_key", "median_ms"), kind="network")
+    measured_order = [r["workload_key"] for r in rows]
+    assert measured_order == [archs[i].key() for i in interleave_order(n, m)]
+    # calibration archs were measured among the validation archs, not after them all
+    cal_keys = {a.key() for a in archs[n:]}
+    is_cal = [k in cal_keys for k in measured_order]
+    assert is_cal == [False, True, False, True, False, True, False]
+    # Each validation arch carries its own measurement back through the un-permutation.
+    by_key = {r["workload_key"]: r["median_ms"] for r in rows}
+    for row in report["archs"]:
+        assert row["measured_ms"] == pytest.approx(by_key[row["key"]], rel=1e-12)
+    bias = report["bias_by_resolution"][RES]
+    assert bias["n"] == n and {"uncalibrated", "calibrated"} <= set(bias)
+    rel = [(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in report["archs"]]
+    assert bias["uncalibrated"] == pytest.approx(float(np.mean(rel)), rel=1e-12)
+    assert report["calibration"]["fit_archs_by_resolution"] == {RES: m}
 
 
 # ------------------------------------------------------------------------- metrics

@@ -97,9 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=help_formatter(),
         description="Measure N random archs of SPACE end to end on DEVICE (through `profile`, "
         "so measurements in the store are reused) and report RMSE, RMSPE, share within ±5% "
-        "and ±10%, Spearman and Kendall rank correlation. With --calibrate M, M further "
-        "archs (a separate set) fit overhead and scale; the calibration and its figures on "
-        "the N validation archs are stored in the table.\n\n"
+        "and ±10%, Spearman and Kendall rank correlation, and the mean error per resolution. "
+        "With --calibrate M, M further archs (a separate set, measured interleaved with the N) "
+        "fit an overhead and one scale per resolution (one global scale when a resolution has "
+        "fewer than 2 of them); the calibration and its figures on the N validation archs are "
+        "stored in the table.\n\n"
         "Example:\n  compofa-bench lut validate --lut lookup_tables/mine.json --device cpu-ort "
         "--sample 100 --calibrate 40 --plot benchmarks/lut_scatter.png",
     )
@@ -202,17 +204,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     archs = [spaces.Arch.from_ofa(x, resolution=args.resolution) for x in items]
     kw = {"width_mult": args.width_mult, "allow_width_mismatch": args.allow_width_mismatch}
     latency = table.predict_ms(archs, calibrated=not args.uncalibrated, **kw)
+    cal = None if args.uncalibrated else table.calibration
     results = []
     for arch, ms in zip(archs, latency, strict=True):
         breakdown = table.predict_breakdown(arch, **kw)
-        results.append(
-            {
-                "key": arch.key(),
-                "latency_ms": float(ms),
-                "uncalibrated_ms": float(sum(v for _, v in breakdown)),
-                "layers": [{"key": k, "latency_ms": v} for k, v in breakdown],
+        res = {
+            "key": arch.key(),
+            "latency_ms": float(ms),
+            "uncalibrated_ms": float(sum(v for _, v in breakdown)),
+        }
+        if cal is not None:
+            # the terms applied to this arch, so latency_ms can be checked by hand
+            res["calibration"] = {
+                "form": cal.form,
+                "overhead_ms": cal.overhead_ms,
+                "scale": cal.scale_for(arch.resolution),
             }
-        )
+        res["layers"] = [{"key": k, "latency_ms": v} for k, v in breakdown]
+        results.append(res)
     if args.json:
         print_json(results[0] if not isinstance(raw, list) else results)
         return 0
@@ -226,9 +235,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for i, layer in enumerate(res["layers"]):
                 table_view.add_row(str(i), layer["key"], f"{layer['latency_ms']:.3f}")
             out.print(table_view)
-        calibrated = table.calibration is not None and not args.uncalibrated
-        cal = f" (calibrated; layer sum {res['uncalibrated_ms']:.3f} ms)" if calibrated else ""
-        out.print(f"{res['key']}: [bold]{res['latency_ms']:.3f} ms[/bold]{cal}")
+        how = ""
+        if "calibration" in res:
+            c = res["calibration"]
+            how = (
+                f" (calibrated: {c['overhead_ms']:.3f} ms + {c['scale']:.4f} x layer sum "
+                f"{res['uncalibrated_ms']:.3f} ms)"
+            )
+        out.print(f"{res['key']}: [bold]{res['latency_ms']:.3f} ms[/bold]{how}")
     return 0
 
 
@@ -246,12 +260,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         "provenance": table.provenance,
         "calibration": None
         if table.calibration is None
-        else {
-            "overhead_ms": table.calibration.overhead_ms,
-            "scale": table.calibration.scale,
-            "fitted_on": table.calibration.fitted_on,
-            "validation": table.calibration.validation,
-        },
+        else {"form": table.calibration.form, **table.calibration.to_json()},
     }
     if args.json:
         print_json(info)
@@ -273,11 +282,33 @@ def cmd_show(args: argparse.Namespace) -> int:
     out.print(view)
     if table.calibration is not None:
         c = table.calibration
-        out.print(
-            f"calibration: {c.overhead_ms:.3f} ms + {c.scale:.4f} x sum "
-            f"(fitted on {c.fitted_on} archs)"
-        )
+        out.print(f"calibration ({c.form}, fitted on {c.fitted_on} archs): {c.describe()}")
+        v = c.validation
+        if "rmspe" in v:
+            out.print(
+                f"  on {v.get('n')} other archs: RMSPE {v['rmspe']:.2%}, "
+                f"within ±10% {v['within_10pct']:.1%}, within ±5% {v['within_5pct']:.1%}"
+            )
+        if v.get("bias_by_resolution"):
+            out.print(_bias_view(v["bias_by_resolution"]))
     return 0
+
+
+def _bias_view(bias: dict) -> Table:
+    """Mean signed error per resolution: the bias a global calibration cannot remove."""
+    calibrated = any("calibrated" in b for b in bias.values())
+    view = Table(title="mean error per resolution (validation archs)")
+    view.add_column("resolution", justify="right")
+    view.add_column("archs", justify="right")
+    view.add_column("layer sum", justify="right")
+    if calibrated:
+        view.add_column("calibrated", justify="right")
+    for r, b in sorted(bias.items(), key=lambda kv: int(kv[0])):
+        cells = [str(r), str(b["n"]), f"{b['uncalibrated']:+.2%}"]
+        if calibrated:
+            cells.append(f"{b['calibrated']:+.2%}" if "calibrated" in b else "-")
+        view.add_row(*cells)
+    return view
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -343,11 +374,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
             cells.append(fmt.format(report["calibrated"][key]))
         view.add_row(label, *cells)
     out.print(view)
+    out.print(_bias_view(report["bias_by_resolution"]))
     if "calibration" in report:
+        from compofa_bench.lut import Calibration
+
         c = report["calibration"]
+        fit = Calibration(
+            c["overhead_ms"], c["scale"], c["fitted_on"],
+            scale_by_resolution=c["scale_by_resolution"],
+        )  # fmt: skip
         out.print(
-            f"calibration fitted on {c['fitted_on']} separate archs: "
-            f"{c['overhead_ms']:.3f} ms + {c['scale']:.4f} x layer sum (stored in table)"
+            f"calibration fitted on {c['fitted_on']} separate archs ({c['note']}): "
+            f"{fit.describe()} (stored in table)"
         )
     if args.plot:
         out.print(f"scatter plot: {args.plot}")

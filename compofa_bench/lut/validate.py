@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -37,21 +38,99 @@ def metrics(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> dict
     }
 
 
-def fit_calibration(
-    predicted_ms: Sequence[float], measured_ms: Sequence[float]
-) -> tuple[float, float]:
-    """Least-squares ``measured ≈ overhead + scale * predicted`` in relative terms.
+def bias_by_resolution(
+    predicted_ms: Sequence[float], measured_ms: Sequence[float], resolutions: Sequence[int]
+) -> dict[int, dict[str, float]]:
+    """Mean signed relative error of ``predicted`` per resolution: ``{r: {"n", "mean_pct_error"}}``.
 
-    The residuals are weighted by 1/measured so that small and large networks count alike
-    (the goals are percentages)."""
+    A global calibration cannot remove a bias that differs between resolutions; this shows it."""
     p = np.asarray(predicted_ms, dtype=float)
     m = np.asarray(measured_ms, dtype=float)
+    r = np.asarray(resolutions, dtype=np.int64)
+    if not (p.shape == m.shape == r.shape) or p.ndim != 1:
+        raise LutError("bias_by_resolution needs three arrays of the same length")
+    rel = (p - m) / m
+    return {
+        int(x): {"n": int(np.sum(r == x)), "mean_pct_error": float(np.mean(rel[r == x]))}
+        for x in np.unique(r)
+    }
+
+
+@overload
+def fit_calibration(
+    predicted_ms: Sequence[float], measured_ms: Sequence[float]
+) -> tuple[float, float]: ...
+
+
+@overload
+def fit_calibration(
+    predicted_ms: Sequence[float], measured_ms: Sequence[float], resolutions: Sequence[int]
+) -> Calibration: ...
+
+
+def fit_calibration(
+    predicted_ms: Sequence[float],
+    measured_ms: Sequence[float],
+    resolutions: Sequence[int] | None = None,
+) -> tuple[float, float] | Calibration:
+    """Weighted least squares ``measured ≈ overhead + scale_r * predicted``.
+
+    The residuals are weighted by 1/measured so that small and large networks count alike
+    (the goals are percentages).
+
+    Without ``resolutions``: the global form, returned as ``(overhead, scale)``. With the archs'
+    ``resolutions``: a :class:`Calibration` with one shared overhead and one scale per
+    resolution when every resolution present has at least 2 archs (and the fit is
+    determined), else the global form (``Calibration.form`` says which). Its ``scale`` is then
+    the best single scale for the shared overhead, used for resolutions the fit did not see.
+    ``fitted_on`` is the number of archs; ``validation`` is left empty."""
+    p = np.asarray(predicted_ms, dtype=float)
+    m = np.asarray(measured_ms, dtype=float)
+    if p.shape != m.shape or p.ndim != 1:
+        raise LutError("a calibration needs predicted and measured arrays of the same length")
     if len(p) < 3:
         raise LutError(f"a calibration needs at least 3 archs, got {len(p)}")
     w = 1.0 / m
     a = np.stack([w, p * w], axis=1)
     (overhead, scale), *_ = np.linalg.lstsq(a, m * w, rcond=None)
-    return float(overhead), float(scale)
+    if resolutions is None:
+        return float(overhead), float(scale)
+    r = np.asarray(resolutions, dtype=np.int64)
+    if r.shape != p.shape:
+        raise LutError(f"{len(p)} archs but {r.size} resolutions: give one resolution per arch")
+    u, counts = np.unique(r, return_counts=True)
+    glob = Calibration(float(overhead), float(scale), len(p))
+    if counts.min() < 2:
+        return glob
+    cols = [w] + [np.where(r == x, p * w, 0.0) for x in u]
+    a = np.stack(cols, axis=1)
+    if np.linalg.matrix_rank(a) < a.shape[1]:  # e.g. two archs with the same layer sum
+        return glob
+    coef, *_ = np.linalg.lstsq(a, m * w, rcond=None)
+    overhead = float(coef[0])
+    # closed-form weighted least squares of one scale with the overhead held fixed
+    pooled = float(np.sum(w**2 * p * (m - overhead)) / np.sum(w**2 * p**2))
+    return Calibration(
+        overhead_ms=overhead,
+        scale=pooled,
+        fitted_on=len(p),
+        scale_by_resolution={int(x): float(c) for x, c in zip(u, coef[1:], strict=True)},
+    )
+
+
+def interleave_order(n_first: int, n_second: int) -> np.ndarray:
+    """A permutation of ``range(n_first + n_second)`` that spreads the second block (indices
+    ``n_first..``) evenly through the first, keeping each block's own order.
+
+    Measuring two sets one after the other lets machine drift (thermal state, background
+    load) bias one against the other; interleaved, both see the same drift."""
+    pos = np.concatenate(
+        [
+            (np.arange(n_first) + 0.5) / max(n_first, 1),
+            (np.arange(n_second) + 0.5) / max(n_second, 1),
+        ]
+    )
+    return np.argsort(pos, kind="stable")
 
 
 def measure_archs(
@@ -112,8 +191,11 @@ def validate_table(
 ) -> dict[str, Any]:
     """Measure ``n_sample`` random archs end to end and compare with the table.
 
-    With ``n_calibrate`` > 0, that many *other* archs are measured too, a calibration is fitted
-    on them, evaluated on the ``n_sample`` validation archs, and stored in the table file."""
+    With ``n_calibrate`` > 0, that many *other* archs are measured too (interleaved in time
+    with the validation archs), a calibration is fitted on them (one scale per resolution when
+    each has at least 2 of them, see :func:`fit_calibration`), evaluated on the ``n_sample``
+    validation archs, and stored in the table file. ``report["bias_by_resolution"]`` holds the
+    mean signed error per resolution, uncalibrated and calibrated."""
     from compofa_bench import spaces
     from compofa_bench.devices import DeviceSpec, load_device
 
@@ -133,12 +215,23 @@ def validate_table(
         raise LutError(
             f"the table lacks {len(missing)} layers of space {space.name}, e.g. {missing[0]}"
         )
+    # Validation stays archs[:n_sample] (same archs for a seed as before); only the order of
+    # measurement interleaves the two sets so that drift cannot bias the calibration.
     val, cal = archs[:n_sample], archs[n_sample:]
-    measured, cost = measure_archs(
-        archs, spec, table, store_path, space=space.name, show_progress=show_progress
-    )
+    order = interleave_order(n_sample, n_calibrate)
+    in_order, cost = measure_archs(
+        [archs[i] for i in order], spec, table, store_path, space=space.name,
+        show_progress=show_progress,
+    )  # fmt: skip
+    measured = np.empty(len(archs))
+    measured[order] = in_order
     m_val, m_cal = measured[:n_sample], measured[n_sample:]
+    r_val = [a.resolution for a in val]
     raw_val = table.predict_ms(val, calibrated=False)
+    bias = {
+        r: {"n": b["n"], "uncalibrated": b["mean_pct_error"]}
+        for r, b in bias_by_resolution(raw_val, m_val, r_val).items()
+    }
     report: dict[str, Any] = {
         "lut": str(lut_path),
         "device": spec.name,
@@ -149,6 +242,7 @@ def validate_table(
         "table_device": table.provenance.get("device"),
         "measurement": cost,
         "uncalibrated": metrics(raw_val, m_val),
+        "bias_by_resolution": bias,
         "archs": [
             {"key": a.key(), "predicted_ms": float(p), "measured_ms": float(m)}
             for a, p, m in zip(val, raw_val, m_val, strict=True)
@@ -157,18 +251,31 @@ def validate_table(
     calibrated = None
     if n_calibrate:
         raw_cal = table.predict_ms(cal, calibrated=False)
-        overhead, scale = fit_calibration(raw_cal, m_cal)
-        c_tmp = Calibration(overhead, scale, n_calibrate)
-        calibrated = c_tmp.apply(raw_val)
+        r_cal = [a.resolution for a in cal]
+        fit = fit_calibration(raw_cal, m_cal, r_cal)
+        calibrated = fit.apply(raw_val, r_val)
         figures = metrics(calibrated, m_val)
-        calib = Calibration(
-            overhead_ms=overhead, scale=scale, fitted_on=n_calibrate,
+        for r, b in bias_by_resolution(calibrated, m_val, r_val).items():
+            bias[r]["calibrated"] = b["mean_pct_error"]
+        counts = {int(x): r_cal.count(x) for x in sorted(set(r_cal))}
+        note = _form_note(fit, counts, space.resolutions)
+        calib = replace(
+            fit,
             validation={**figures, "device": spec.name, "seed": seed,
+                        "bias_by_resolution": {str(r): b for r, b in bias.items()},
                         "fit_set_metrics_uncalibrated": metrics(raw_cal, m_cal)},
         )  # fmt: skip
         table.with_calibration(calib).save(lut_path)
         report["calibrated"] = figures
-        report["calibration"] = {"overhead_ms": overhead, "scale": scale, "fitted_on": n_calibrate}
+        report["calibration"] = {
+            "form": fit.form,
+            "overhead_ms": fit.overhead_ms,
+            "scale": fit.scale,
+            "scale_by_resolution": dict(fit.scale_by_resolution),
+            "fitted_on": n_calibrate,
+            "fit_archs_by_resolution": counts,
+            "note": note,
+        }
         for row, c in zip(report["archs"], calibrated, strict=True):
             row["calibrated_ms"] = float(c)
     if plot is not None:
@@ -183,3 +290,22 @@ def validate_table(
         )
         report["plot"] = str(plot)
     return report
+
+
+def _form_note(fit: Calibration, counts: dict[int, int], resolutions: Sequence[int]) -> str:
+    """Why the calibration has the form it has, for the report."""
+    if fit.scale_by_resolution:
+        unseen = [r for r in resolutions if r not in counts]
+        if unseen:
+            return (
+                f"one scale per resolution; no calibration archs at {unseen}, which get the "
+                f"pooled scale {fit.scale:.4f}"
+            )
+        return "one scale per resolution"
+    few = [r for r, n in counts.items() if n < 2]
+    if few:
+        return (
+            f"global: fewer than 2 calibration archs at resolution(s) {few}; use a larger "
+            "--calibrate for one scale per resolution"
+        )
+    return "global: the per-resolution fit was not determined (archs with equal layer sums)"
