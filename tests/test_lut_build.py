@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _devices import DEVICE_NAME, MIN_RUNS, write_tiny_ort_device
 
 from compofa_bench import spaces
 from compofa_bench.cli import main
@@ -25,25 +26,7 @@ RES = 32  # smallest resolution a space accepts: layers and networks export and 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("lutbuild")
-    (d / "dev.toml").write_text(
-        f"""
-name = "test-ort"
-adapter = "cpu-ort"
-[options]
-threads = 1
-inter_op_threads = 1
-graph_optimization = "all"
-parity_check = false
-cache_dir = "{d / "onnx"}"
-[protocol]
-warmup_runs = 1
-warmup_min_s = 0.0
-min_runs = 3
-min_s = 0.0
-max_s = 0.5
-batch_size = 1
-"""
-    )
+    write_tiny_ort_device(d, parity_check=False)
     return d
 
 
@@ -67,10 +50,10 @@ def test_build_measures_every_layer_once_with_provenance(built, workdir):
     assert summary["measured_now"] == summary["layers"] == len(expected[RES])
     assert summary["reused"] == 0
     for entry in table.entries[RES].values():
-        assert entry.count >= 3 and entry.median_ms > 0 and entry.std_ms >= 0
+        assert entry.count >= MIN_RUNS and entry.median_ms > 0 and entry.std_ms >= 0
     prov = LatencyTable.load(workdir / "t.json").provenance
-    assert prov["device"] == "test-ort" and prov["adapter"] == "cpu-ort"
-    assert prov["batch_size"] == 1 and prov["protocol"]["min_runs"] == 3
+    assert prov["device"] == DEVICE_NAME and prov["adapter"] == "cpu-ort"
+    assert prov["batch_size"] == 1 and prov["protocol"]["min_runs"] == MIN_RUNS
     assert prov["fingerprint_hash"] and "onnxruntime" in json.dumps(prov["runtime"]).lower()
     predicted = table.predict_ms(list(space.enumerate()))
     assert len(predicted) == 243 and np.all(predicted > 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _devices import write_tiny_ort_device
 
 from compofa_bench import spaces, supernet
 from compofa_bench.cli import main
@@ -24,25 +25,7 @@ pytestmark = pytest.mark.slow  # ~40 single-layer and a few network ONNX exports
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pxpipe")
-    (d / "dev.toml").write_text(
-        f"""
-name = "test-ort"
-adapter = "cpu-ort"
-[options]
-threads = 1
-inter_op_threads = 1
-graph_optimization = "all"
-parity_check = true
-cache_dir = "{d / "onnx"}"
-[protocol]
-warmup_runs = 1
-warmup_min_s = 0.0
-min_runs = 3
-min_s = 0.0
-max_s = 0.5
-batch_size = 1
-"""
-    )
+    write_tiny_ort_device(d, parity_check=True)
     return d
 
 
