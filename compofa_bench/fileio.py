@@ -27,8 +27,10 @@ def _default_mode() -> int:
 def atomic_path(path: str | Path, mode: int | None = None, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, publish it as ``path``.
 
-    ``mode`` defaults to 0666 minus the umask. ``durable`` fsyncs the data before the rename
-    (checkpoints: a power cut must not leave an empty file behind).
+    ``mode`` defaults to 0666 minus the umask. The temporary file is 0600 until it is
+    published, so with ``mode=0o600`` (private keys) no one else can ever read the data.
+    ``durable`` fsyncs the data before the rename (checkpoints: a power cut must not leave an
+    empty file behind).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

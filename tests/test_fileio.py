@@ -37,3 +37,19 @@ def test_explicit_mode_and_durable(tmp_path):
         tmp.write_bytes(b"secret")
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert target.read_bytes() == b"secret"
+
+
+def test_private_file_is_never_readable_by_others_and_replaced_atomically(tmp_path):
+    target = tmp_path / "adbkey"
+    target.write_bytes(b"old key")
+    target.chmod(0o644)
+    old_inode = target.stat().st_ino
+    with atomic_path(target, mode=0o600) as tmp:
+        # While the data is written: a private temporary file, and the old file untouched.
+        assert stat.S_IMODE(tmp.stat().st_mode) == 0o600
+        tmp.write_bytes(b"new key")
+        assert target.read_bytes() == b"old key"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert target.read_bytes() == b"new key"
+    assert target.stat().st_ino != old_inode  # a rename over the old file, not a rewrite of it
+    assert [p.name for p in tmp_path.iterdir()] == ["adbkey"]

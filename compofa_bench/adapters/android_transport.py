@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from compofa_bench.errors import DeviceError, MissingDependencyError
+from compofa_bench.fileio import atomic_path
 
 RC_MARKER = "__COMPOFA_RC="
 
@@ -64,14 +65,10 @@ def ensure_key(path: str | Path | None = None) -> Path:
         format=serialization.PrivateFormat.PKCS8,
         encryption_algorithm=serialization.NoEncryption(),
     )
-    tmp = key.with_name(f".{key.name}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    # Created 0600 from the start: no window in which the key is readable by others.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.replace(tmp, key)
+    # atomic_path's temporary file is 0600 from creation, so the key is never readable by
+    # others, and a crash mid-write leaves no half key that the next run would trust.
+    with atomic_path(key, mode=0o600) as tmp:
+        tmp.write_bytes(pem)
     _write_public(key)
     return key
 
@@ -79,10 +76,8 @@ def ensure_key(path: str | Path | None = None) -> Path:
 def _write_public(key: Path) -> None:
     from adb_shell.auth.keygen import write_public_keyfile
 
-    pub = Path(str(key) + ".pub")
-    tmp = pub.with_name(f".{pub.name}.tmp")
-    write_public_keyfile(str(key), str(tmp))
-    os.replace(tmp, pub)
+    with atomic_path(str(key) + ".pub") as tmp:
+        write_public_keyfile(str(key), str(tmp))
 
 
 def _adb_shell() -> Any:
