@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _ofa_compare import macs_and_output, rel_diff
 from _weights import randomize
 from torch import nn
 
@@ -37,36 +38,6 @@ def make_ofa(width: float, seed: int = 0) -> nn.Module:
     # Small variances make BN eps (1e-3 here, not 1e-5) visible in the logits.
     randomize(net, torch.Generator().manual_seed(seed + 1), var=(0.002, 0.052), gamma=(0.1, 0.5))
     return net.eval()
-
-
-def macs_and_output(net: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """Integer MACs by OFA's rules (convs and linears, no float32 rounding) and the output."""
-    total = [0]
-
-    def conv_hook(m: nn.Conv2d, _inp: object, out: torch.Tensor) -> None:
-        k = m.weight.shape[2] * m.weight.shape[3]
-        total[0] += m.in_channels * out.numel() // out.shape[0] * k // m.groups
-
-    def linear_hook(m: nn.Linear, _inp: object, _out: object) -> None:
-        total[0] += m.in_features * m.out_features
-
-    hooks = []
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            out = net(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return total[0] // x.shape[0], out
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,0 +1,39 @@
+"""Reference checks against the ofa package's nets: integer MAC counts and logit distance."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def macs_and_output(net: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Integer MACs by OFA's rules (convs and linears only) plus the forward output.
+
+    ofa.utils.count_net_flops accumulates in float32 and so rounds large counts."""
+    total = [0]
+
+    def conv_hook(m: nn.Conv2d, _inp: object, out: torch.Tensor) -> None:
+        k = m.weight.shape[2] * m.weight.shape[3]
+        total[0] += m.in_channels * out.numel() // out.shape[0] * k // m.groups
+
+    def linear_hook(m: nn.Linear, _inp: object, _out: object) -> None:
+        total[0] += m.in_features * m.out_features
+
+    hooks = []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            out = net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0] // x.shape[0], out
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference relative to the reference ``b``'s largest magnitude."""
+    return float((a - b).abs().max() / b.abs().max())
