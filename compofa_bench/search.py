@@ -71,7 +71,6 @@ class AdditiveModel:
     expands: tuple[int, ...]
     fixed: np.ndarray
     per_slot: np.ndarray
-    post: Callable[[np.ndarray], np.ndarray] | None = None
     #: set once the model has been checked against its source (see Pricer)
     verified: bool = False
 
@@ -82,8 +81,7 @@ class AdditiveModel:
         ei = index_of(np.where(active, arr.e, self.expands[0]), self.expands, "expand ratio")
         slots = np.arange(active.shape[1])[None, :]
         vals = np.where(active, self.per_slot[ri[:, None], slots, ki, ei], 0.0)
-        total = self.fixed[ri] + vals.sum(axis=1)
-        return self.post(total) if self.post is not None else total
+        return self.fixed[ri] + vals.sum(axis=1)
 
 
 def _stage_genes(space: SearchSpace, stage: int) -> list[tuple[int, int | None]]:
