@@ -72,6 +72,23 @@ def test_build_resumes_from_the_store(built, workdir, capsys):
 
 
 @pytest.mark.slow
+def test_build_protocol_overrides_reach_the_layers(built, workdir, capsys):
+    _, table, _ = built
+    # A changed protocol is a different measurement: nothing is reused, and the table says so.
+    runs = MIN_RUNS + 4
+    assert main(["lut", "build", "--device", str(workdir / "dev.toml"), "--space", "compofa",
+                 "--resolutions", str(RES), "--store", str(workdir / "s.db"),
+                 "--out", str(workdir / "t3.json"), "--runs", str(runs), "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["reused"] == 0 and summary["measured_now"] == summary["layers"]
+    t3 = LatencyTable.load(workdir / "t3.json")
+    assert t3.provenance["protocol"]["min_runs"] == runs
+    assert t3.provenance["protocol_hash"] != table.provenance["protocol_hash"]
+    assert all(e.count >= runs for e in t3.entries[RES].values())
+    assert set(t3.entries[RES]) == set(table.entries[RES])
+
+
+@pytest.mark.slow
 def test_validate_with_calibration_on_a_separate_set(built, workdir):
     from compofa_bench.lut.validate import validate_table
 

@@ -65,6 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="supernet weights (optional: latency does not depend on weights)",
     )
+    add_protocol_args(p)
+    p.add_argument("--force", action="store_true", help="measure again even if already stored")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_profile)
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """The device protocol's knobs as flags (``profile`` and ``lut build`` share them)."""
     proto = p.add_argument_group("protocol overrides (defaults come from the device file)")
     proto.add_argument("--warmup-runs", type=int, help="warmup runs (at least)")
     proto.add_argument("--warmup-seconds", type=float, help="warmup seconds (at least)")
@@ -78,10 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     proto.add_argument("--unstable-threshold", type=float, help="IQR/median that flags unstable")
     proto.add_argument("--cooldown", type=float, help="seconds to sleep between workloads")
-    p.add_argument("--force", action="store_true", help="measure again even if already stored")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=cmd_profile)
 
 
 def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -9,6 +9,7 @@ them: a table for TFLite, Android or a GPU is built by pointing at another devic
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,16 +108,21 @@ def build_table(
     out: str | Path | None = None,
     show_progress: bool = True,
     adapter: Adapter | None = None,
+    protocol_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[LatencyTable, dict[str, Any]]:
     """Measure the layers of ``space`` (at its resolutions) on ``device`` and return the table
     and a summary; write the table to ``out`` when given. Resumable: layers the store holds for
-    this device fingerprint and protocol are not measured again."""
+    this device fingerprint and protocol are not measured again.
+
+    ``protocol_overrides`` change the device's protocol for the layers (``Protocol`` fields;
+    ``None`` values are ignored): a layer runs in well under a millisecond, so a shorter
+    minimum time than a network's still gives it hundreds of timed runs."""
     from compofa_bench.devices import DeviceSpec, load_device, open_adapter
     from compofa_bench.profile import device_fingerprint, measure_workloads
     from compofa_bench.store import ResultStore
 
     spec = device if isinstance(device, DeviceSpec) else load_device(device)
-    protocol = spec.protocol
+    protocol = spec.protocol.replace(**dict(protocol_overrides or {}))
     if batch_size is not None:
         protocol = protocol.replace(batch_size=batch_size)
     lay = layout(space.base)
