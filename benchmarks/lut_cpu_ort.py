@@ -12,8 +12,9 @@ Steps (all store-backed, so a rerun reuses every finished measurement):
  5. write the table to lookup_tables/, the scatter plot to benchmarks/, and a JSON summary.
 
 Usage:
-  .venv/bin/python benchmarks/lut_cpu_ort.py --device cpu-ort-1t --sample 60 --calibrate 30 \
-      --store runs/lut_bench.db --out lookup_tables/cpu-ort-1t-compofa.json
+  .venv/bin/python benchmarks/lut_cpu_ort.py --device cpu-ort-1t --sample 60 --calibrate 40 \
+      --layer-min-seconds 0.25 --layer-warmup-seconds 0.1 --store runs/lut_bench.db \
+      --out lookup_tables/cpu-ort-1t-compofa.json
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--summary", default=None)
     ap.add_argument("--skip-ofa", action="store_true")
+    ap.add_argument(
+        "--layer-min-seconds", type=float, default=None,
+        help="protocol min_s for the layers (default: the device's, as the networks)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--layer-warmup-seconds", type=float, default=None,
+        help="protocol warmup_min_s for the layers (default: the device's)",
+    )  # fmt: skip
     args = ap.parse_args()
     out = Path(args.out or f"lookup_tables/{args.device}-compofa.json")
     plot = Path(args.plot or f"benchmarks/lut_{args.device}_scatter.png")
@@ -58,7 +67,10 @@ def main() -> None:
 
     space = spaces.get("compofa", RESOLUTIONS)
     t0 = time.perf_counter()
-    _, build = build_table(device, space, store_path=args.store, out=out)
+    layer_protocol = {"min_s": args.layer_min_seconds, "warmup_min_s": args.layer_warmup_seconds}
+    _, build = build_table(
+        device, space, store_path=args.store, out=out, protocol_overrides=layer_protocol
+    )
     build_wall = time.perf_counter() - t0
     print("build:", json.dumps(build))
 
@@ -80,6 +92,7 @@ def main() -> None:
         ofa_table, ofa_build = build_table(
             device, ofa_space, store_path=args.store,
             out=out.with_name(out.stem.replace("compofa", "ofa") + out.suffix),
+            protocol_overrides=layer_protocol,
         )  # fmt: skip
         ofa = {
             "build": ofa_build,
@@ -101,6 +114,7 @@ def main() -> None:
         "load_avg_before": load_before,
         "load_avg_after": os.getloadavg(),
         "build": build,
+        "layer_protocol_overrides": layer_protocol,
         "build_wall_s": build_wall,
         "validate_wall_s": validate_wall,
         "networks_measured": n_networks,
