@@ -39,7 +39,12 @@ def parse_config(text: str) -> tuple[str, S.EvolutionConfig]:
         if not hasattr(S.EvolutionConfig, key):
             raise SystemExit(f"{name}: EvolutionConfig has no field {key!r}")
         default = getattr(S.EvolutionConfig(), key)
-        kwargs[key] = value.lower() == "true" if isinstance(default, bool) else type(default)(value)
+        if isinstance(default, bool):
+            kwargs[key] = value.lower() == "true"
+        elif isinstance(default, tuple):  # a/b/c
+            kwargs[key] = tuple(float(v) for v in value.split("/"))
+        else:
+            kwargs[key] = type(default)(value)
     return name, S.EvolutionConfig(**kwargs)  # type: ignore[arg-type]
 
 
@@ -47,7 +52,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("configs", nargs="+", help="NAME:field=value,field=value ...")
+    ap.add_argument(
+        "configs", nargs="+", help="NAME:field=value,field=value ... (a tuple field: a/b/c)"
+    )
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--targets", default="15,20,25,30")
     ap.add_argument("--reference", default=OFA_SEED0, help="top-1 %% per target to compare with")

@@ -57,6 +57,11 @@ class ArchArrays:
         return int(self.r.shape[0])
 
 
+def take(a: ArchArrays, idx: np.ndarray) -> ArchArrays:
+    """The rows ``idx`` of ``a``."""
+    return ArchArrays(a.ks[idx], a.e[idx], a.d[idx], a.r[idx])
+
+
 def active_mask(d: np.ndarray, stage_sizes: Sequence[int]) -> np.ndarray:
     """Boolean (n, slots): which layer slots run, given per-stage depths ``d`` (n, stages)."""
     pos = np.concatenate([np.arange(s) for s in stage_sizes])

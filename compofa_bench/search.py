@@ -29,8 +29,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from compofa_bench.encoding import ArchArrays, active_mask, index_of
+from compofa_bench.encoding import ArchArrays, active_mask, index_of, take
 from compofa_bench.errors import LutError, SearchError
+from compofa_bench.knapsack import linearized_optima
 from compofa_bench.spaces import Arch, SearchSpace
 
 # =============================================================================== sources
@@ -482,10 +483,6 @@ def _pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return tab, np.array([len(r) for r in rows], dtype=np.int64)
 
 
-def take(a: ArchArrays, idx: np.ndarray) -> ArchArrays:
-    return ArchArrays(a.ks[idx], a.e[idx], a.d[idx], a.r[idx])
-
-
 def concat(parts: Sequence[ArchArrays]) -> ArchArrays:
     return ArchArrays(
         np.concatenate([p.ks for p in parts]),
@@ -669,10 +666,17 @@ class EvolutionConfig:
     local_starts: int = 2
     #: two-gene moves tried per state and step of the local search (0: single moves only)
     local_pairs: int = 32
-    #: random starts per target and resolution for the local search
-    local_random: int = 2
+    #: knapsack starts per target: the best distinct optima of the predictor's first-order
+    #: model under the additive cost (module ``knapsack``), linearized around each target's
+    #: best member at every resolution; 0: the best member moved to each resolution and
+    #: greedily repaired instead
+    local_knapsack: int = 8
+    #: random starts per target and resolution, shrunk under the target by random moves
+    local_random: int = 0
+    #: also start each target from every other target's best optimum, repaired under it
+    local_cross: bool = False
     #: rounds of iterated local search: kick each local optimum, repair, climb again
-    local_kicks: int = 2
+    local_kicks: int = 0
     #: per-gene mutation probability of a kick
     kick_prob: float = 0.2
 
@@ -683,8 +687,17 @@ class EvolutionConfig:
             raise SearchError("parent_ratio must be in (0, 1] and mutation_ratio in [0, 1]")
         if not 0 <= self.mutate_prob <= 1:
             raise SearchError("mutate_prob must be in [0, 1]")
-        if min(self.local_starts, self.local_pairs, self.local_random, self.local_kicks) < 0:
-            raise SearchError("local_starts, local_pairs, local_random, local_kicks must be >= 0")
+        counts = (
+            self.local_starts,
+            self.local_pairs,
+            self.local_knapsack,
+            self.local_random,
+            self.local_kicks,
+        )
+        if min(counts) < 0:
+            raise SearchError(
+                "local_starts, local_pairs, local_knapsack, local_random, local_kicks must be >= 0"
+            )
         if not 0 <= self.kick_prob <= 1:
             raise SearchError("kick_prob must be in [0, 1]")
 
@@ -1267,14 +1280,16 @@ def _polish(
     """Multi-start iterated local search per target; updates ``best`` in place and returns
     the population with the climbed states appended (for the frontier).
 
-    Starts: the target's best ``local_starts`` distinct members, and for every resolution
-    its best member moved to that resolution plus ``local_random`` random members at it, each
-    greedily repaired under the target. The resolution is the gene that single and paired
-    moves can rarely change (it reprices every layer), and on OFA's predictor and the Note10
-    tables random starts at the right resolution climb higher than the evolution's members.
-    Then ``local_kicks`` rounds of iterated local search on each target's best
-    ``local_starts`` optima: kick (a mutation at the same resolution), repair, climb, keep
-    when higher.
+    Starts per target: its best ``local_starts`` distinct members; its ``local_knapsack`` best
+    knapsack starts (:func:`_knapsack_starts`: optima of the predictor's first-order model
+    under the additive cost, linearized around its best member moved to every resolution);
+    and ``local_random`` random members per resolution, shrunk under the target. The
+    resolution is the gene that single and paired moves can rarely change (it reprices every
+    layer), so every resolution gets starts: on OFA's predictor and the Note10 tables the best
+    15 ms arch is at 160 px while the evolution settles at 192 px. With ``local_cross``, each
+    target also starts from every other target's best optimum; then ``local_kicks`` rounds of
+    iterated local search on each target's best ``local_starts`` optima: kick (a mutation at
+    the same resolution), repair, climb, keep when higher.
     """
     nt, nr = len(t_arr), len(space.resolutions)
     score_fn = _scorer(accuracy)
@@ -1302,23 +1317,34 @@ def _polish(
     fresh = _interleave(proj, rand, nt * nr, 1, cfg.local_random)
     fresh = ArchArrays(fresh.ks, fresh.e, fresh.d, np.tile(np.repeat(res, per), nt))
     f_own = np.repeat(np.arange(nt), nr * per)
-    rx, rok = _shrink(space, pricer, fresh, t_arr[f_own], rng)
-    # the projected best members get the score-aware repair (few rows, better starts)
-    pj = np.arange(0, len(f_own), per)
-    px, _, _, pok = repair(space, score_fn, pricer, take(fresh, pj), t_arr[f_own[pj]])
-    rx = _put(rx, pj, px)
-    rok[pj] = pok
-    ok = np.nonzero(rok)[0]
-    own = np.concatenate([np.asarray(owner, dtype=np.int64), f_own[ok]])
+    pj = np.arange(0, len(f_own), per)  # each (target, resolution)'s projected best member
+    rj = np.nonzero(np.arange(len(f_own)) % per)[0]  # its random members
+    starts = [take(popu, np.asarray(tops, dtype=np.int64))]
+    owners = [np.asarray(owner, dtype=np.int64)]
+    if rj.size:
+        rx, rok = _shrink(space, pricer, take(fresh, rj), t_arr[f_own[rj]], rng)
+        starts.append(take(rx, np.nonzero(rok)[0]))
+        owners.append(f_own[rj][rok])
+    if cfg.local_knapsack:
+        kx, kown = _knapsack_starts(
+            space, score_fn, pricer, take(fresh, pj), f_own[pj], t_arr, cfg.local_knapsack
+        )
+    else:
+        # the projected best members, greedily repaired under their target
+        px, _, _, pok = repair(space, score_fn, pricer, take(fresh, pj), t_arr[f_own[pj]])
+        kx, kown = take(px, np.nonzero(pok)[0]), f_own[pj][pok]
+    starts.append(kx)
+    owners.append(kown)
+    own = np.concatenate(owners)
     xs, xsc, xco = local_search(
         space,
         score_fn,
         pricer,
-        concat([take(popu, np.asarray(tops, dtype=np.int64)), take(rx, ok)]),
+        concat(starts),
         t_arr[own],
         pairs=cfg.local_pairs,
     )
-    if nt > 1:
+    if nt > 1 and cfg.local_cross:
         # every target also starts from every other target's best optimum, repaired under
         # its own target when it is over: neighbouring targets often share a basin
         tbest = np.array(
@@ -1370,6 +1396,47 @@ def _polish(
         if b is None or xsc[j] > b[1]:
             best[ti] = (take(xs, np.array([j])), float(xsc[j]), float(xco[j]))
     return concat([popu, xs]), np.concatenate([pscore, xsc]), np.concatenate([pcost, xco])
+
+
+def _knapsack_starts(
+    space: SearchSpace,
+    score_fn: Callable[[ArchArrays], np.ndarray],
+    pricer: Pricer,
+    refs: ArchArrays,
+    owner: np.ndarray,
+    t_arr: np.ndarray,
+    per_target: int,
+) -> tuple[ArchArrays, np.ndarray]:
+    """Each target's ``per_target`` best distinct knapsack optima, and their owners.
+
+    First the first-order model's optimum around each of ``refs`` (one per target and
+    resolution) under its owner's target; then, around each of those, the optima for EVERY
+    target with every stage's depth pinned in turn. A target's starts so come from models
+    linearized at every target's solution, and differ in depth pattern."""
+    assert pricer.model is not None
+    first, fok, _, _ = linearized_optima(space, score_fn, pricer.model, refs, t_arr[owner])
+    bad = np.nonzero(~fok)[0]
+    first = _put(first, bad, take(refs, bad))
+    every = np.broadcast_to(t_arr, (len(owner), len(t_arr)))
+    sol, sok, _, sol_own = linearized_optima(
+        space, score_fn, pricer.model, first, every, pin_depths=True
+    )
+    ssc = np.full(len(sok), -np.inf)
+    if sok.any():
+        ssc[sok] = score_fn(take(sol, np.nonzero(sok)[0]))
+    keys = arch_keys(sol, space.stage_sizes)
+    picks: list[int] = []
+    for ti in range(len(t_arr)):
+        mine = np.nonzero((sol_own == ti) & sok)[0]
+        chosen: set[bytes] = set()
+        for i in mine[np.argsort(-ssc[mine], kind="stable")].tolist():
+            if keys[i] not in chosen:
+                chosen.add(keys[i])
+                picks.append(i)
+                if len(chosen) == per_target:
+                    break
+    idx = np.asarray(picks, dtype=np.int64)
+    return take(sol, idx), sol_own[idx]
 
 
 def repair(

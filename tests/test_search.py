@@ -388,12 +388,21 @@ def test_local_search_refuses_infeasible_starts() -> None:
         S.local_search(space, S.MacsProxy(space).score, pricer, big, np.array([100.0]))
 
 
-def test_search_with_local_search_reproducible_and_not_worse() -> None:
+@pytest.mark.parametrize(
+    "starts",
+    [
+        {},  # the default: knapsack starts
+        # the first session's default: repaired projections, random starts, cross-target
+        # starts and kicks
+        {"local_knapsack": 0, "local_random": 2, "local_cross": True, "local_kicks": 2},
+    ],
+)
+def test_search_with_local_search_reproducible_and_not_worse(starts) -> None:
     space = spaces.get("ofa", [160, 192, 224])
     acc = S.PredictorAccuracy(_random_predictor(space, 9))
     macs = S.MacsLatency(1.0)
     targets = [200.0, 300.0, 450.0]
-    base = S.EvolutionConfig(population_size=30, generations=10, local_random=2)
+    base = S.EvolutionConfig(population_size=30, generations=10, **starts)
 
     def run(cfg: S.EvolutionConfig) -> S.SearchOutcome:
         return S.search(
