@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from compofa_bench import export as X
+from compofa_bench import search as S
 from compofa_bench import spaces, supernet
 from compofa_bench.cli import main
 from compofa_bench.errors import MissingDependencyError
@@ -178,6 +179,25 @@ def test_cli_search_macs_proxy_writes_outputs(tmp_path: Path, capsys) -> None:
     doc = json.loads((tmp_path / "search.json").read_text())
     assert doc["accuracy_is_proxy"] and doc["method"] == "exhaustive"
     assert (tmp_path / "pareto.png").stat().st_size > 5_000
+
+
+def test_cli_search_evolution_defaults_and_records_its_settings(tmp_path: Path, capsys) -> None:
+    # With an additive constraint a short evolution seeds the local search: 10 generations by
+    # default, and search.json records every setting, the local search's too.
+    rc = main(["search", "--space", "compofa", "--resolutions", "160", "--macs", "200",
+               "--accuracy-proxy", "macs", "--method", "evolution", "--population", "20",
+               "--out", str(tmp_path), "--json"])  # fmt: skip
+    assert rc == 0
+    (item,) = json.loads(capsys.readouterr().out)
+    assert item["feasible"] and item["mmacs"] <= 200.0
+    evo = json.loads((tmp_path / "search.json").read_text())["evolution"]
+    assert evo["generations"] == 10 and evo["population_size"] == 20
+    assert evo["local_knapsack"] == S.EvolutionConfig().local_knapsack > 0
+    # exhaustive search of the same space finds the true optimum: the evolution matches it
+    rc = main(["search", "--space", "compofa", "--resolutions", "160", "--macs", "200",
+               "--accuracy-proxy", "macs", "--out", str(tmp_path / "ex"), "--json"])  # fmt: skip
+    (best,) = json.loads(capsys.readouterr().out)
+    assert item["mmacs"] == pytest.approx(best["mmacs"])
 
 
 def test_cli_predictor_train_then_search(tmp_path: Path, capsys) -> None:

@@ -21,7 +21,9 @@ in millions of MACs).
 
 Small spaces (CompOFA: 243 archs x resolutions) are searched exhaustively, which gives the
 true optimum per target; large ones (OFA: ~10^19) with OFA's evolutionary search (population
-100, 500 generations, parent ratio 0.25, mutation ratio 0.5, mutation prob 0.1).
+100, parent ratio 0.25, mutation ratio 0.5, mutation prob 0.1). With a table or MACs, 10
+generations seed a local search that starts from exact optima of the predictor's first-order
+model (knapsack starts); with --measure-latency the evolution runs OFA's 500 generations alone.
 
 OUT gets search.json, pareto.json, pareto.png and per target target_<T>ms/ with arch.json,
 result.json and, with --export, the model (plus its latency on --device next to the prediction).
@@ -78,7 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--method", choices=["auto", "exhaustive", "evolution"], default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--population", type=int, default=100)
-    s.add_argument("--generations", type=int, default=500)
+    s.add_argument(
+        "--generations",
+        type=int,
+        default=None,
+        help="evolution generations (default: 10 with --lut or --macs, where a local search "
+        "follows; 500, OFA's budget, with --measure-latency)",
+    )
     s.add_argument("--mutate-prob", type=float, default=0.1)
     e = p.add_argument_group("export")
     e.add_argument(
