@@ -34,12 +34,6 @@ if TYPE_CHECKING:
 GRID_CELLS = 500
 
 
-def _genes(space: SearchSpace, stage: int) -> list[tuple[int, int | None]]:
-    if space.coupling is not None:
-        return [(d, e) for d, e in space.coupling if d in space.depth_choices[stage]]
-    return [(d, None) for d in space.depth_choices[stage]]
-
-
 def _fill(space: SearchSpace, refs: ArchArrays) -> ArchArrays:
     """``refs`` with every inactive slot holding its stage's last active layer (the space's
     normalization), so that deepening a stage repeats that layer."""
@@ -116,7 +110,7 @@ def _solve(
     slot_ref: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (runs in the reference, gene)
     start = 0
     for st, size in enumerate(sizes):
-        genes = _genes(space, st)
+        genes = space.stage_genes(st)
         g_arr = []
         for gi, (depth, ce) in enumerate(genes):
             d = base.d.copy()
@@ -164,7 +158,7 @@ def _solve(
     # ---- the rows to solve: each reference, and with pin_depths each of its pinned variants
     pins = [(-1, -1)]
     if pin_depths:
-        pins += [(st, gi) for st in range(len(sizes)) for gi in range(len(_genes(space, st)))]
+        pins += [(st, gi) for st in range(len(sizes)) for gi in range(len(space.stage_genes(st)))]
     src = np.repeat(np.arange(n), len(pins))
     pin_st = np.tile(np.array([p[0] for p in pins]), n)
     pin_gi = np.tile(np.array([p[1] for p in pins]), n)
@@ -209,7 +203,7 @@ def _solve(
     trace: list[tuple[np.ndarray, list[tuple[int, int | None]], dict]] = []
     start = 0
     for st, size in enumerate(sizes):
-        genes = _genes(space, st)
+        genes = space.stage_genes(st)
         # per expand set (one per coupled gene, one shared when uncoupled) a chain of slot
         # steps; a gene of depth d reads its chain after d slots
         chains: dict[int | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}

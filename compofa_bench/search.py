@@ -85,13 +85,6 @@ class AdditiveModel:
         return self.fixed[ri] + vals.sum(axis=1)
 
 
-def _stage_genes(space: SearchSpace, stage: int) -> list[tuple[int, int | None]]:
-    """``(depth, coupled expand or None)`` a stage can take."""
-    if space.coupling is not None:
-        return [(d, e) for d, e in space.coupling if d in space.depth_choices[stage]]
-    return [(d, None) for d in space.depth_choices[stage]]
-
-
 def _all_expands(space: SearchSpace) -> tuple[int, ...]:
     return tuple(sorted(set(space.expand_choices) | {e for _, e in space.coupling or ()}))
 
@@ -381,7 +374,7 @@ class Genome:
         self.slot_stage = np.repeat(np.arange(self.n_stages), sizes)
         self.res = np.asarray(space.resolutions, dtype=np.int64)
         self.k_tab, self.k_len = _pad(space.kernel_choices)
-        genes = [_stage_genes(space, s) for s in range(self.n_stages)]
+        genes = [space.stage_genes(s) for s in range(self.n_stages)]
         self.g_d, self.g_len = _pad([[d for d, _ in g] for g in genes])
         self.coupled = space.coupling is not None
         if self.coupled:
@@ -439,7 +432,7 @@ class Genome:
         for st, size in enumerate(self.space.stage_sizes):
             start = int(np.sum(self.space.stage_sizes[:st]))
             variants = []
-            for depth, ce in _stage_genes(self.space, st):
+            for depth, ce in self.space.stage_genes(st):
                 kset = [self.space.kernel_choices[start + j] for j in range(depth)]
                 eset = [[ce]] * depth if ce is not None else [self.space.expand_choices] * depth
                 for kk in _product(kset):
@@ -616,7 +609,7 @@ class Pricer:
             for st, size in enumerate(sp.stage_sizes):
                 choice = None
                 sl = slice(start, start + size)
-                for depth, ce in _stage_genes(sp, st):
+                for depth, ce in sp.stage_genes(st):
                     exps = [ce] if ce is not None else list(sp.expand_choices)
                     e_ok = np.isin(m.expands, exps)
                     ok = k_ok[sl, :, None] & e_ok[None, None, :]
@@ -1115,7 +1108,7 @@ class _Flat:
             add([0], [r])
         for st in range(self.ns):
             slots = [int(s) for s in np.nonzero(self.slot_stage == st)[0]]
-            for depth, ce in _stage_genes(space, st):
+            for depth, ce in space.stage_genes(st):
                 if ce is None:
                     add([1 + st], [depth])
                 else:

@@ -273,8 +273,9 @@ class SearchSpace:
     def n_stages(self) -> int:
         return len(self.stage_sizes)
 
-    def _stage_options(self, stage: int) -> tuple[tuple[int, int | None], ...]:
-        """``(depth, expand or None)`` genes a stage can take."""
+    def stage_genes(self, stage: int) -> tuple[tuple[int, int | None], ...]:
+        """``(depth, expand or None)`` genes a stage can take: in a coupled space each depth
+        comes with its expand ratio, otherwise the expand ratio is chosen per layer (None)."""
         if self.coupling is not None:
             return tuple((d, e) for d, e in self.coupling if d in self.depth_choices[stage])
         return tuple((d, None) for d in self.depth_choices[stage])
@@ -286,7 +287,7 @@ class SearchSpace:
         for stage in range(self.n_stages):
             start = self._stage_starts[stage]
             per_stage = 0
-            for depth, coupled_e in self._stage_options(stage):
+            for depth, coupled_e in self.stage_genes(stage):
                 n = 1
                 for j in range(depth):
                     n *= len(self.kernel_choices[start + j])
@@ -329,7 +330,7 @@ class SearchSpace:
         self, stage: int
     ) -> Iterator[tuple[int, tuple[int, ...], tuple[int, ...]]]:
         start, size = self._stage_starts[stage], self.stage_sizes[stage]
-        for depth, coupled_e in self._stage_options(stage):
+        for depth, coupled_e in self.stage_genes(stage):
             kernel_sets = [self.kernel_choices[start + j] for j in range(depth)]
             expand_sets = [
                 (coupled_e,) if coupled_e is not None else self.expand_choices for _ in range(depth)
@@ -373,7 +374,7 @@ class SearchSpace:
         self, stage: int, rng: np.random.Generator
     ) -> tuple[int, list[int], list[int]]:
         start, size = self._stage_starts[stage], self.stage_sizes[stage]
-        options = self._stage_options(stage)
+        options = self.stage_genes(stage)
         depth, coupled_e = options[rng.integers(len(options))]
         ks = [_pick(self.kernel_choices[start + j], rng) for j in range(size)]
         if coupled_e is not None:
@@ -398,7 +399,7 @@ class SearchSpace:
                     ks[start + j] = _pick(self.kernel_choices[start + j], rng)
             if self.coupling is not None:
                 if rng.random() < prob:
-                    options = self._stage_options(stage)
+                    options = self.stage_genes(stage)
                     depth, coupled_e = options[rng.integers(len(options))]
                     d[stage] = depth
                     e[start : start + size] = [coupled_e] * size
@@ -466,13 +467,13 @@ class SearchSpace:
                 x = arch.e[slot]
                 if self.coupling is not None:
                     # A depth may pair with several ratios (ProxylessNAS's single-block stage).
-                    want = [e for d, e in self._stage_options(stage) if d == depth]
+                    want = [e for d, e in self.stage_genes(stage) if d == depth]
                     if x not in want:
                         raise ArchError(
                             f"e[{slot}] (stage {stage}, layer {layer}): expand ratio {x} with "
                             f"depth {depth}; space {self.name} couples depth {depth} with expand "
                             f"{_one_or_list(want)} (allowed pairs: "
-                            f"{[list(p) for p in self._stage_options(stage)]})"
+                            f"{[list(p) for p in self.stage_genes(stage)]})"
                         )
                 elif x not in self.expand_choices:
                     raise ArchError(
@@ -499,7 +500,7 @@ class SearchSpace:
         d: list[int] = []
         for stage in range(self.n_stages):
             start, size = self._stage_starts[stage], self.stage_sizes[stage]
-            depth, coupled_e = pick(self._stage_options(stage), key=lambda o: (o[0], o[1] or 0))
+            depth, coupled_e = pick(self.stage_genes(stage), key=lambda o: (o[0], o[1] or 0))
             d.append(depth)
             ks.extend(pick(self.kernel_choices[start + j]) for j in range(size))
             e.extend([coupled_e if coupled_e is not None else pick(self.expand_choices)] * size)
