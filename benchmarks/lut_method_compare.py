@@ -12,9 +12,9 @@ store, so the same end-to-end medians), uncalibrated and with a calibration fitt
 script's separate calibration archs. ORT-specific code lives here, in a benchmark, not in the
 library.
 
-Usage (after benchmarks/lut_cpu_ort.py):
+Usage (after benchmarks/lut_cpu_ort.py, with its --store, --sample and --calibrate):
   .venv/bin/python benchmarks/lut_method_compare.py --device cpu-ort-1t \
-      --lut lookup_tables/cpu-ort-1t-compofa.json --store runs/lut_bench.db --sample 60 --calibrate 30
+      --lut lookup_tables/cpu-ort-1t-compofa.json --store runs/lut_bench.db --sample 60 --calibrate 40
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--calibrate", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     # The committed lut_cpu_ort.py run sampled its validation archs at these resolutions.
-    ap.add_argument("--resolutions", default="160,192,224")
+    ap.add_argument("--resolutions", default="160,176,192,224")
     ap.add_argument("--out", default="benchmarks/lut_method_compare.json")
     args = ap.parse_args()
 
