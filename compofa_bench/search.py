@@ -1133,6 +1133,16 @@ class _Flat:
             f[:, 0].copy(),
         )
 
+    def neighbours(self, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every single-gene move of each row of ``cur``: ``(b * templates, width)`` canonical
+        rows, template-minor, and a mask of those that change the arch (the others are
+        no-ops: the current value, or a slot the depth leaves inactive)."""
+        b, nt = len(cur), len(self.mask)
+        nb = self.canonical(
+            np.where(self.mask[None], self.vals[None], cur[:, None, :]).reshape(b * nt, -1)
+        )
+        return nb, np.any(nb != np.repeat(cur, nt, 0), 1)
+
     def canonical(self, f: np.ndarray) -> np.ndarray:
         """:class:`Arch`'s normalization: an inactive slot holds its stage's last active
         values, so rows equal here run the same layers, and a depth increase adds copies of
@@ -1193,11 +1203,8 @@ def local_search(
         b = live.size
         cur = x[live]
         # single moves of every live state: (b, templates, width)
-        flat_nb = fl.canonical(
-            np.where(mask[None], vals[None], cur[:, None, :]).reshape(b * nt, -1)
-        )
+        flat_nb, valid = fl.neighbours(cur)
         nb = flat_nb.reshape(b, nt, -1)
-        valid = np.any(flat_nb != np.repeat(cur, nt, 0), 1)
         # price every move (a cheap gather), but score only those that meet the limit: near
         # the limit about half do not, and the scorer is the main cost
         c1 = np.full(b * nt, np.inf)
@@ -1449,19 +1456,14 @@ def repair(
     limits = np.asarray(limits, dtype=np.float64)
     sc = np.asarray(accuracy(states), dtype=np.float64)
     co = np.asarray(cost(states), dtype=np.float64)
-    mask, vals = fl.mask, fl.vals
-    nt = mask.shape[0]
+    nt = len(fl.mask)
     for _ in range(max_steps):
         live = np.nonzero(co > limits)[0]
         if live.size == 0:
             break
         b = live.size
-        cur = x[live]
-        flat_nb = fl.canonical(
-            np.where(mask[None], vals[None], cur[:, None, :]).reshape(b * nt, -1)
-        )
+        flat_nb, valid = fl.neighbours(x[live])
         nb = flat_nb.reshape(b, nt, -1)
-        valid = np.any(flat_nb != np.repeat(cur, nt, 0), 1)
         s1, c1 = _score_rows(accuracy, cost, fl, flat_nb, valid)
         s1, c1 = s1.reshape(b, nt), c1.reshape(b, nt)
         saved = co[live, None] - c1
@@ -1521,14 +1523,13 @@ def _shrink(
     fl = _Flat(space)
     x = fl.flat(states)
     co = np.asarray(cost(states), dtype=np.float64)
-    mask, vals = fl.mask, fl.vals
-    nt = mask.shape[0]
+    nt = len(fl.mask)
     for _ in range(max_steps):
         live = np.nonzero(co > limits)[0]
         if live.size == 0:
             break
         b = live.size
-        nb = fl.canonical(np.where(mask[None], vals[None], x[live][:, None, :]).reshape(b * nt, -1))
+        nb, _ = fl.neighbours(x[live])
         c1 = np.asarray(cost(fl.arrays(nb)), dtype=np.float64).reshape(b, nt)
         down = c1 < co[live, None] - 1e-12
         # a uniform choice among the cost-lowering moves: random keys, masked argmax
