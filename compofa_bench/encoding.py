@@ -62,6 +62,16 @@ def take(a: ArchArrays, idx: np.ndarray) -> ArchArrays:
     return ArchArrays(a.ks[idx], a.e[idx], a.d[idx], a.r[idx])
 
 
+def fill_inactive(values: np.ndarray, d: np.ndarray, stage_sizes: Sequence[int]) -> np.ndarray:
+    """Per-slot ``values`` (n, slots) with every inactive slot holding its stage's last active
+    value: :class:`~compofa_bench.spaces.Arch`'s normalization, under which rows that run the
+    same layers are equal and deepening a stage repeats its last layer."""
+    pos = np.concatenate([np.arange(s) for s in stage_sizes])
+    stage_of_slot = np.repeat(np.arange(len(stage_sizes)), stage_sizes)
+    src = (np.arange(len(pos)) - pos)[None, :] + np.minimum(pos[None, :], d[:, stage_of_slot] - 1)
+    return np.take_along_axis(values, src, 1)
+
+
 def active_mask(d: np.ndarray, stage_sizes: Sequence[int]) -> np.ndarray:
     """Boolean (n, slots): which layer slots run, given per-stage depths ``d`` (n, stages)."""
     pos = np.concatenate([np.arange(s) for s in stage_sizes])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compofa_bench.encoding import ArchArrays, take
+from compofa_bench.encoding import ArchArrays, fill_inactive, take
 
 if TYPE_CHECKING:
     from compofa_bench.search import AdditiveModel
@@ -32,22 +32,6 @@ if TYPE_CHECKING:
 
 #: Budget grid cells between zero and the largest limit.
 GRID_CELLS = 500
-
-
-def _fill(space: SearchSpace, refs: ArchArrays) -> ArchArrays:
-    """``refs`` with every inactive slot holding its stage's last active layer (the space's
-    normalization), so that deepening a stage repeats that layer."""
-    ks, e = refs.ks.copy(), refs.e.copy()
-    rows = np.arange(len(refs))
-    start = 0
-    for st, size in enumerate(space.stage_sizes):
-        last = start + np.minimum(refs.d[:, st], size) - 1
-        for j in range(size):
-            beyond = j >= refs.d[:, st]
-            ks[beyond, start + j] = refs.ks[rows[beyond], last[beyond]]
-            e[beyond, start + j] = refs.e[rows[beyond], last[beyond]]
-        start += size
-    return ArchArrays(ks, e, refs.d.copy(), refs.r.copy())
 
 
 def linearized_optima(
@@ -92,7 +76,10 @@ def _solve(
 ) -> tuple[ArchArrays, np.ndarray, np.ndarray, np.ndarray]:
     sizes = space.stage_sizes
     n = len(refs)
-    base = _fill(space, refs)
+    # deepening a stage repeats its last layer, as the space's own neighbours do
+    base = ArchArrays(
+        fill_inactive(refs.ks, refs.d, sizes), fill_inactive(refs.e, refs.d, sizes), refs.d, refs.r
+    )
     coupled = space.coupling is not None
 
     # ---- first-order gains around each reference: one batch of single-gene probes. A

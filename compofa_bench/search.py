@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from compofa_bench.encoding import ArchArrays, active_mask, index_of, take
+from compofa_bench.encoding import ArchArrays, active_mask, fill_inactive, index_of, take
 from compofa_bench.errors import LutError, SearchError
 from compofa_bench.knapsack import linearized_optima
 from compofa_bench.spaces import Arch, SearchSpace
@@ -1090,7 +1090,6 @@ class _Flat:
         self.ks0 = 1 + self.ns
         self.e0 = self.ks0 + self.nl
         self.slot_stage = np.repeat(np.arange(self.ns), self.sizes)
-        self.pos = np.concatenate([np.arange(s) for s in self.sizes])
         # move templates: (mask, values) over the flat row; a template equal to the current
         # arch (or touching only inactive slots) is a no-op and is dropped per state
         masks: list[np.ndarray] = []
@@ -1147,11 +1146,10 @@ class _Flat:
         """:class:`Arch`'s normalization: an inactive slot holds its stage's last active
         values, so rows equal here run the same layers, and a depth increase adds copies of
         the stage's last layer, as the space's own neighbours do."""
-        depth = f[:, 1 + self.slot_stage]
-        src = (np.arange(self.nl) - self.pos)[None, :] + np.minimum(self.pos[None, :], depth - 1)
+        depth = f[:, 1 : self.ks0]
         out = f.copy()
-        out[:, self.ks0 : self.e0] = np.take_along_axis(f[:, self.ks0 : self.e0], src, 1)
-        out[:, self.e0 :] = np.take_along_axis(f[:, self.e0 :], src, 1)
+        out[:, self.ks0 : self.e0] = fill_inactive(f[:, self.ks0 : self.e0], depth, self.sizes)
+        out[:, self.e0 :] = fill_inactive(f[:, self.e0 :], depth, self.sizes)
         return out
 
 
