@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
+from search_vs_ofa import REF, RESOLUTIONS, run_ours
 
 from compofa_bench import predictor, spaces
 from compofa_bench import search as S
 from compofa_bench.lut import import_ofa_dir
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "compofa"
-RESOLUTIONS = (160, 176, 192, 208, 224)
 #: OFA's EvolutionFinder, seed 0, top-1 % at 15/20/25/30 ms (benchmarks/RESULTS.md)
 OFA_SEED0 = "78.538,80.654,81.801,82.442"
 
@@ -72,25 +69,14 @@ def main() -> int:
     space = spaces.get("ofa", RESOLUTIONS)
     configs = dict(parse_config(c) for c in args.configs)
 
-    def call(seed: int, cfg: S.EvolutionConfig, ts: list[float]) -> list[float]:
-        out = S.search(
-            space,
-            S.PredictorAccuracy(pred),
-            S.LutLatency(table, width_mult=1.2),
-            ts,
-            np.random.default_rng(seed),
-            method="evolution",
-            config=cfg,
-        )
-        return [r.score * 100 for r in out.results]
-
     def run(seed: int, cfg: S.EvolutionConfig) -> tuple[float, float, list[float]]:
-        c0, w0 = time.process_time(), time.perf_counter()
-        if args.one_call_per_target:
-            acc = [call(seed, cfg, [t])[0] for t in targets]
-        else:
-            acc = call(seed, cfg, targets)
-        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        calls = [[t] for t in targets] if args.one_call_per_target else [targets]
+        cpu = wall = 0.0
+        acc: list[float] = []
+        for ts in calls:
+            out, w, c = run_ours(pred, table, space, ts, seed, cfg)
+            wall, cpu = wall + w, cpu + c
+            acc += [r.score * 100 for r in out.results]
         return cpu / len(targets), wall / len(targets), acc
 
     run(0, S.EvolutionConfig(generations=2))  # warm caches and lazy imports
