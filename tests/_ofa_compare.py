@@ -1,9 +1,26 @@
-"""Reference checks against the ofa package's nets: integer MAC counts and logit distance."""
+"""Reference checks against the ofa package: integer MAC counts, logit distance, and its
+tutorial modules loaded one file at a time."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
 import torch
 from torch import nn
+
+
+def ofa_tutorial(name: str) -> ModuleType:
+    """One file of ``ofa.tutorial`` (skips the test without ``ofa``). The tutorial package's
+    __init__ imports gdown and model-zoo code that the tests do not need."""
+    ofa = pytest.importorskip("ofa")
+    path = Path(ofa.__file__).parent / "tutorial" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_ofa_tutorial_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def macs_and_output(net: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:

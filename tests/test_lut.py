@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _ofa_compare import ofa_tutorial
 
 from compofa_bench import search as S
 from compofa_bench import spaces
@@ -29,21 +29,10 @@ from compofa_bench.lut.validate import fit_calibration, metrics
 NOTE10 = "compofa/latency_table@note10"
 
 
-def _ofa_latency_module():
-    """OFA's tutorial/latency_table.py loaded on its own: the tutorial package's __init__
-    imports gdown and model-zoo code that tests do not need."""
-    ofa = pytest.importorskip("ofa")
-    path = Path(ofa.__file__).parent / "tutorial" / "latency_table.py"
-    spec = importlib.util.spec_from_file_location("ofa_tutorial_latency_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _ofa_estimator(yaml_path: Path):
     """OFA's LatencyEstimator over a local file. Its constructor calls yaml.load without a
     Loader, which PyYAML 6 rejects, so the table is patched in instead."""
-    est = object.__new__(_ofa_latency_module().LatencyEstimator)
+    est = object.__new__(ofa_tutorial("latency_table").LatencyEstimator)
     with open(yaml_path) as fh:
         est.lut = yaml.safe_load(fh)
     return est

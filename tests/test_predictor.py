@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _ofa_compare import ofa_tutorial
 
 from compofa_bench import predictor, spaces
 from compofa_bench.encoding import Encoder
@@ -21,18 +21,8 @@ OFA_PTH = REFERENCE / "compofa" / "acc_predictor.pth"
 needs_pth = pytest.mark.skipif(not OFA_PTH.is_file(), reason="shared reference data absent")
 
 
-def _ofa_tutorial(name: str):
-    """Import one file of ofa.tutorial without its package __init__ (which needs gdown)."""
-    ofa = pytest.importorskip("ofa")
-    path = Path(ofa.__file__).parent / "tutorial" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_ofa_tutorial_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _ofa_reference_predictor():
-    mod = _ofa_tutorial("accuracy_predictor")
+    mod = ofa_tutorial("accuracy_predictor")
     # pretrained=False skips OFA's download; the weights come from the local reference file.
     ref = mod.AccuracyPredictor(pretrained=False, device="cpu")
     ref.model.load_state_dict(torch.load(OFA_PTH, map_location="cpu"))
