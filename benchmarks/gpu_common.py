@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compofa_bench.adapters.cuda_torch import gpu_description
 from compofa_bench.devices import DeviceSpec, load_device
 from compofa_bench.ranking import spearman
 from compofa_bench.spaces import Arch
@@ -32,13 +33,9 @@ def require_gpu() -> dict[str, Any]:
 
     if not torch.cuda.is_available():
         sys.exit("error: this benchmark needs an NVIDIA GPU (torch.cuda.is_available() is False)")
-    p = torch.cuda.get_device_properties(0)
     return {
-        "gpu": p.name,
-        "compute_capability": f"{p.major}.{p.minor}",
-        "memory_gib": round(p.total_memory / 2**30, 1),
+        **gpu_description(torch, 0),
         "torch": torch.__version__,
-        "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
