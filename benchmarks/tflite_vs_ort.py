@@ -29,6 +29,18 @@ from compofa_bench.ranking import kendall_tau_b, spearman
 from compofa_bench.store import ResultStore
 
 
+def agreement(t: np.ndarray, o: np.ndarray) -> dict:
+    """How TFLite latencies ``t`` and ORT latencies ``o`` of the same archs agree."""
+    return {
+        "spearman": spearman(t, o),
+        "kendall_tau": kendall_tau_b(t, o),
+        "tflite_median_ms": float(np.median(t)),
+        "ort_median_ms": float(np.median(o)),
+        "ratio_tflite_over_ort_median": float(np.median(t / o)),
+        "ratio_range": [float(np.min(t / o)), float(np.max(t / o))],
+    }
+
+
 def interleaved(archs, keys, tfl, ort, rounds: int) -> dict:
     """Time both runtimes arch by arch, alternating, ``rounds`` times (conversions and exports
     come from the caches the store pass filled); per-arch median over rounds. On a shared
@@ -70,12 +82,7 @@ def interleaved(archs, keys, tfl, ort, rounds: int) -> dict:
             rep[name] = spearman(r1, r2)
     return {
         "rounds": rounds,
-        "spearman": spearman(t, o),
-        "kendall_tau": kendall_tau_b(t, o),
-        "tflite_median_ms": float(np.median(t)),
-        "ort_median_ms": float(np.median(o)),
-        "ratio_tflite_over_ort_median": float(np.median(t / o)),
-        "ratio_range": [float(np.min(t / o)), float(np.max(t / o))],
+        **agreement(t, o),
         "round_to_round_spearman": rep,
         "per_arch": [
             {"key": k, "tflite_ms": float(a), "ort_ms": float(b)}
@@ -142,12 +149,7 @@ def main() -> int:
     fresh = conv > 0  # conversions done in this store's runs (0 = cache hit)
     result = {
         "n": len(keys),
-        "spearman": spearman(t, o),
-        "kendall_tau": kendall_tau_b(t, o),
-        "tflite_median_ms": float(np.median(t)),
-        "ort_median_ms": float(np.median(o)),
-        "ratio_tflite_over_ort_median": float(np.median(t / o)),
-        "ratio_range": [float(np.min(t / o)), float(np.max(t / o))],
+        **agreement(t, o),
         "tflite_convert_s_median": float(np.median(conv[fresh])) if fresh.any() else None,
         "tflite_convert_s_range": [float(conv[fresh].min()), float(conv[fresh].max())]
         if fresh.any()
