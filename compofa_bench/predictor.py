@@ -86,11 +86,6 @@ class AccuracyPredictor:
         """(n,) predicted top-1 fractions, one forward pass for the whole batch."""
         return self.predict_features(self.encoder.encode(archs))
 
-    def predict_arrays(
-        self, ks: np.ndarray, e: np.ndarray, d: np.ndarray, r: np.ndarray
-    ) -> np.ndarray:
-        return self.predict_features(self.encoder.encode_arrays(ks, e, d, r))
-
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path) -> Path:
         """Atomic write of the project's format (encoder, weights, validation figures)."""

@@ -49,10 +49,6 @@ class CudaTorchOptions:
     drift: DriftThresholds = DriftThresholds()
     oom_search: bool = True
 
-    @property
-    def torch_dtype_name(self) -> str:
-        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
-
 
 @dataclass(frozen=True)
 class TensorRTOptions:

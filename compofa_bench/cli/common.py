@@ -18,10 +18,6 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
-def err_console() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")

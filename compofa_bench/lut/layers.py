@@ -73,10 +73,3 @@ def unique_layers(
                 layers.setdefault(key_fn(spec), spec)
         out[int(r)] = layers
     return out
-
-
-def count_unique(layers: dict[int, dict[str, LayerSpec]]) -> tuple[int, int]:
-    """(entries over all resolutions, distinct keys): shared keys are measured once."""
-    total = sum(len(v) for v in layers.values())
-    distinct = len({k for v in layers.values() for k in v})
-    return total, distinct
