@@ -157,7 +157,7 @@ def _solve(
 
     # ---- exact cost terms per row (its resolution) and the budget grid
     ri = np.array([model.resolutions.index(int(r)) for r in refs.r], dtype=np.int64)
-    per_slot = np.where(np.isnan(model.per_slot), np.inf, model.per_slot)[ri]  # (n, slots, k, e)
+    per_slot = model.slot_prices()[ri]  # (n, slots, k, e)
     budget = limits - model.fixed[ri][:, None]  # (rows, read-outs)
     cell = max(float(np.max(budget)), 1e-12) / GRID_CELLS
     rows = np.arange(n)

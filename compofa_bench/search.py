@@ -75,6 +75,11 @@ class AdditiveModel:
     #: set once the model has been checked against its source (see Pricer)
     verified: bool = False
 
+    def slot_prices(self) -> np.ndarray:
+        """``per_slot`` with the combinations the source cannot price at +inf, for choosing
+        the cheapest option (a NaN would win or poison a minimum)."""
+        return np.where(np.isnan(self.per_slot), np.inf, self.per_slot)
+
     def evaluate(self, arr: ArchArrays) -> np.ndarray:
         active = active_mask(arr.d, self.stage_sizes)
         ri = index_of(arr.r, self.resolutions, "resolution")
@@ -597,8 +602,8 @@ class Pricer:
         best: tuple[float, ArchArrays] | None = None
         m = self.model
         # per slot, its cheapest allowed (kernel, expand) under each expand set, all slots at
-        # once: a priced-out combination (NaN) never wins
-        price = np.where(np.isnan(m.per_slot), np.inf, m.per_slot)
+        # once
+        price = m.slot_prices()
         k_ok = np.array([[k in sp.kernel_choices[s] for k in m.kernels] for s in range(g.n_slots)])
         for r in sp.resolutions:
             ri = m.resolutions.index(r)
