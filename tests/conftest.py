@@ -14,3 +14,13 @@ def reference_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"reference data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Module-wide: one intra-op torch thread. Tests of many small ops run faster that way than
+    with two threads fighting over the shared 2-core machine."""
+    from compofa_bench.convert import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -40,13 +40,7 @@ def make_ofa(width: float, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    # The suite runs on a shared 2-core machine: one intra-op thread avoids oversubscription.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from compofa_bench.supernet import static_layers
 RES = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small ops: one intra-op thread is faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ def make_ofa(width: float, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small ops: one intra-op thread is faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
