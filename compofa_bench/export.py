@@ -258,8 +258,7 @@ class SearchJob:
     method: str = "auto"
     seed: int = 0
     population_size: int = 100
-    #: None: 10 with an additive cost (table or MACs: the local search does the work after a
-    #: short evolution), else OFA's 500
+    #: None: ``search.EvolutionConfig``'s default (10 when a local search follows, else 500)
     generations: int | None = None
     mutate_prob: float = 0.1
     export: str | None = None
@@ -332,12 +331,9 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
         accuracy = S.MacsProxy(space, w, job.source.n_classes)
     else:
         raise SearchError(f"unknown --accuracy-proxy {job.accuracy_proxy!r} (only 'macs')")
-    generations = job.generations
-    if generations is None:
-        generations = 10 if getattr(cost, "additive", None) is not None else 500
     cfg = S.EvolutionConfig(
         population_size=job.population_size,
-        generations=generations,
+        generations=job.generations,
         mutate_prob=job.mutate_prob,
     )
     outcome = S.search(
@@ -390,7 +386,7 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
         "constraint_source": outcome.cost_label,
         "unit": unit,
         "seed": job.seed,
-        "evolution": None if outcome.method != "evolution" else asdict(cfg),
+        "evolution": None if outcome.config is None else asdict(outcome.config),
         "weights": job.source.weights,
         "search_seconds": outcome.seconds,
         "fastest": None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -645,12 +645,20 @@ class Pricer:
 RESAMPLE_DRAWS = 8
 
 
+#: Evolution generations when a local search does the main work: they only seed its starts.
+SHORT_GENERATIONS = 10
+#: OFA's EvolutionFinder budget (``max_time_budget``), for the evolution on its own.
+OFA_GENERATIONS = 500
+
+
 @dataclass(frozen=True)
 class EvolutionConfig:
     """OFA's EvolutionFinder defaults; ``generations`` is its ``max_time_budget``."""
 
     population_size: int = 100
-    generations: int = 500
+    #: None: :data:`SHORT_GENERATIONS` when a local search follows (an additive cost), else
+    #: OFA's :data:`OFA_GENERATIONS`; :func:`search` resolves it (``SearchOutcome.config``)
+    generations: int | None = None
     parent_ratio: float = 0.25
     mutation_ratio: float = 0.5
     mutate_prob: float = 0.1
@@ -679,7 +687,7 @@ class EvolutionConfig:
     kick_prob: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.population_size < 2 or self.generations < 0:
+        if self.population_size < 2 or (self.generations is not None and self.generations < 0):
             raise SearchError("population_size must be >= 2 and generations >= 0")
         if not 0 < self.parent_ratio <= 1 or not 0 <= self.mutation_ratio <= 1:
             raise SearchError("parent_ratio must be in (0, 1] and mutation_ratio in [0, 1]")
@@ -726,6 +734,8 @@ class SearchOutcome:
     frontier: list[tuple[Arch, float, float]] = field(default_factory=list)
     seconds: float = 0.0
     fastest: tuple[Arch, float] | None = None
+    #: the evolution's settings as run (``generations`` resolved); None for exhaustive search
+    config: EvolutionConfig | None = None
 
 
 def pareto_front(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -795,9 +805,14 @@ def search(
         fastest_arch, fastest_cost = outcome.fastest
     else:
         fastest_arch, fastest_cost = pricer.fastest()
+        if config.generations is None:
+            short = _polishes(config, pricer)
+            gens = SHORT_GENERATIONS if short else OFA_GENERATIONS
+            config = replace(config, generations=gens)
         outcome = _evolve(
             space, accuracy, pricer, targets, rng, config, fastest_arch, fastest_cost, progress
         )
+        outcome.config = config
     outcome.fastest = (fastest_arch, fastest_cost)
     outcome.results = [
         r if r.feasible or r.message else _infeasible(r, fastest_cost, cost.unit)
@@ -1009,9 +1024,7 @@ def _evolve(
             m = n_par + pop
             if progress is not None:
                 progress(gen + 1, cfg.generations)
-        # the local search prices tens of thousands of neighbours: only with an additive
-        # model (a table or MACs), never by measuring on a device
-        if cfg.local_starts and pricer.model is not None:
+        if _polishes(cfg, pricer):
             popu, pscore, pcost = _polish(
                 space, accuracy, pricer, popu, pscore, pcost, t_arr, m, cfg, best, rng
             )
@@ -1043,6 +1056,13 @@ def _evolve(
         [results[t] for t in targets],
         frontier,
     )
+
+
+def _polishes(cfg: EvolutionConfig, pricer: Pricer) -> bool:
+    """Whether a local search follows the evolution. It prices tens of thousands of
+    neighbours: only with an additive model (a table or MACs), never by measuring on a
+    device."""
+    return bool(cfg.local_starts) and pricer.model is not None
 
 
 def _breed(

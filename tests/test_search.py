@@ -424,3 +424,25 @@ def test_search_with_local_search_reproducible_and_not_worse(starts) -> None:
     costs = [c for _, _, c in a.frontier]
     scores = [s for _, s, _ in a.frontier]
     assert costs == sorted(costs) and scores == sorted(scores)
+
+
+def test_generations_default_to_a_short_evolution_only_before_a_local_search() -> None:
+    space = spaces.get("compofa", [160, 192])
+    macs = S.MacsLatency(1.0)
+
+    def run(cfg: S.EvolutionConfig) -> S.SearchOutcome:
+        return S.search(
+            space, S.MacsProxy(space), macs, [250.0], np.random.default_rng(0), "evolution", cfg
+        )
+
+    assert S.EvolutionConfig().generations is None
+    polished = run(S.EvolutionConfig(population_size=8))
+    assert polished.config is not None and polished.config.generations == S.SHORT_GENERATIONS
+    # no local search follows: the evolution runs OFA's budget on its own
+    plain = run(S.EvolutionConfig(population_size=4, local_starts=0))
+    assert plain.config is not None and plain.config.generations == S.OFA_GENERATIONS
+    # an explicit value stands, and exhaustive search has no evolution settings
+    assert run(S.EvolutionConfig(population_size=8, generations=3)).config.generations == 3
+    assert (
+        S.search(space, S.MacsProxy(space), macs, [250.0], np.random.default_rng(0)).config is None
+    )
