@@ -54,3 +54,29 @@ def macs_and_output(net: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest absolute difference relative to the reference ``b``'s largest magnitude."""
     return float((a - b).abs().max() / b.abs().max())
+
+
+def assert_counts_match_ofa(
+    arch,
+    width: float,
+    base: str,
+    ofa_sub: nn.Module,
+    sub: nn.Module,
+    macs_seen: tuple[int, int],
+    check_flops: bool,
+) -> None:
+    """Our MACs and params computed from the arch alone equal those of OFA's extracted subnet
+    and of ours (``macs_seen``: OFA's and ours counted by :func:`macs_and_output`); with
+    ``check_flops``, OFA's own float32 counter agrees within its accumulation error."""
+    from compofa_bench import supernet
+
+    ofa_utils = pytest.importorskip("ofa.utils")
+    r = arch.resolution
+    macs = supernet.count_macs(arch, width_mult=width, base=base)
+    params = supernet.count_params(arch, width_mult=width, base=base)
+    assert macs == macs_seen[0] == macs_seen[1], arch.key()
+    assert params == ofa_utils.count_parameters(ofa_sub), arch.key()
+    assert params == sum(p.numel() for p in sub.parameters()), arch.key()
+    if check_flops:
+        flops = ofa_utils.count_net_flops(ofa_sub, (1, 3, r, r))
+        assert abs(flops - macs) <= 1e-6 * macs, (flops, macs)

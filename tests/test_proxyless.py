@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _ofa_compare import macs_and_output, rel_diff
+from _ofa_compare import assert_counts_match_ofa, macs_and_output, rel_diff
 from _weights import randomize
 from torch import nn
 
@@ -21,7 +21,6 @@ from compofa_bench import spaces, supernet
 from compofa_bench.errors import ArchError, CheckpointError
 
 ofa_nets = pytest.importorskip("ofa.imagenet_classification.elastic_nn.networks")
-ofa_utils = pytest.importorskip("ofa.utils")
 
 WIDTHS = (1.0, 1.3)
 SPACES = ("ofa-proxyless", "compofa-proxyless")
@@ -98,14 +97,9 @@ def test_logits_and_counts_match_ofa(pairs: dict, width: float, space_name: str)
         assert list(sub_sd) == list(ofa_sub_sd)
         assert all(torch.equal(v, ofa_sub_sd[k]) for k, v in sub_sd.items())
 
-        macs = supernet.count_macs(arch, width_mult=width, base="proxyless")
-        params = supernet.count_params(arch, width_mult=width, base="proxyless")
-        assert macs == ofa_macs == sub_macs, arch.key()
-        assert params == ofa_utils.count_parameters(ofa_sub), arch.key()
-        assert params == sum(p.numel() for p in sub.parameters()), arch.key()
-        if i < 2:
-            flops = ofa_utils.count_net_flops(ofa_sub, (1, 3, r, r))
-            assert abs(flops - macs) <= 1e-6 * macs, (flops, macs)
+        assert_counts_match_ofa(
+            arch, width, "proxyless", ofa_sub, sub, (ofa_macs, sub_macs), check_flops=i < 2
+        )
 
 
 def test_released_w13_largest_subnet_matches(pairs: dict) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _ofa_compare import macs_and_output, rel_diff
+from _ofa_compare import assert_counts_match_ofa, macs_and_output, rel_diff
 from _weights import randomize
 from torch import nn
 
 from compofa_bench import spaces, supernet
 
 ofa_nets = pytest.importorskip("ofa.imagenet_classification.elastic_nn.networks")
-ofa_utils = pytest.importorskip("ofa.utils")
 
 WIDTHS = (1.0, 1.2)
 SPACES = ("ofa", "compofa", "compofa-ek")
@@ -89,15 +88,9 @@ def test_logits_and_counts_match_ofa(pair_cache: dict, width: float, space_name:
         assert rel_diff(got, ref) <= REL_TOL, (arch.key(), rel_diff(got, ref))
         assert rel_diff(got_sub, ref_sub) <= REL_TOL, (arch.key(), rel_diff(got_sub, ref_sub))
 
-        macs = supernet.count_macs(arch, width_mult=width)
-        params = supernet.count_params(arch, width_mult=width)
-        assert macs == ofa_macs == our_macs, arch.key()
-        assert params == ofa_utils.count_parameters(ofa_sub), arch.key()
-        assert params == sum(p.numel() for p in sub.parameters()), arch.key()
-        if i < 3:
-            # OFA's own counter, within its float32 accumulation error.
-            flops = ofa_utils.count_net_flops(ofa_sub, (1, 3, r, r))
-            assert abs(flops - macs) <= 1e-6 * macs, (flops, macs)
+        assert_counts_match_ofa(
+            arch, width, "mbv3", ofa_sub, sub, (ofa_macs, our_macs), check_flops=i < 3
+        )
 
 
 def test_largest_subnet_matches_at_224(pair_cache: dict) -> None:
