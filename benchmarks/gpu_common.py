@@ -8,6 +8,7 @@ benchmarks/RESULTS.md and docs/gpu.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -42,7 +43,43 @@ def require_gpu() -> dict[str, Any]:
     }
 
 
-def device(name: str, **options: Any) -> DeviceSpec:
+#: What ``--dry-run`` measures in place of every GPU device: the same scripts, stores and
+#: summaries on this CPU, so a plumbing bug shows up here and never costs GPU time.
+DRY_RUN_DEVICE = "cpu-ort-1t"
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """The flags every GPU script shares: the dry run and the protocol's time overrides."""
+    g = ap.add_argument_group("run")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"no GPU needed: measure {DRY_RUN_DEVICE} in place of every GPU device, to prove "
+        "the script end to end before GPU time is spent (pass small sizes too)",
+    )
+    g.add_argument("--warmup-s", type=float, help="protocol override: warmup_min_s")
+    g.add_argument("--min-s", type=float, help="protocol override: min_s (timed seconds)")
+    g.add_argument("--min-runs", type=int, help="protocol override: min_runs")
+    g.add_argument("--max-s", type=float, help="protocol override: max_s")
+
+
+def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"warmup_s": "warmup_min_s", "min_s": "min_s", "min_runs": "min_runs", "max_s": "max_s"}
+    return {p: getattr(args, a) for a, p in names.items() if getattr(args, a) is not None}
+
+
+def start(args: argparse.Namespace) -> dict[str, Any]:
+    """Describe the GPU (or this CPU under --dry-run); stop with one line when there is none."""
+    if args.dry_run:
+        return {"gpu": f"dry run on the CPU ({DRY_RUN_DEVICE})", "host": platform.node(),
+                "cpu_count": os.cpu_count(), "dry_run": True}  # fmt: skip
+    return require_gpu()
+
+
+def device(name: str, dry_run: bool = False, **options: Any) -> DeviceSpec:
+    """The named device; under ``dry_run`` the CPU stand-in (GPU-only options dropped)."""
+    if dry_run:
+        return load_device(DRY_RUN_DEVICE)
     spec = load_device(name)
     return spec.with_options(**options) if options else spec
 

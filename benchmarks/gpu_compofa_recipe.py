@@ -20,7 +20,16 @@ import argparse
 import time
 
 import numpy as np
-from gpu_common import device, md_table, measure_medians, rank_agreement, require_gpu, write_outputs
+from gpu_common import (
+    add_run_args,
+    device,
+    md_table,
+    measure_medians,
+    protocol_overrides,
+    rank_agreement,
+    start,
+    write_outputs,
+)
 
 from compofa_bench import spaces
 from compofa_bench.profile import SubnetFactory
@@ -30,15 +39,17 @@ def recipe_ms(model, x, sync: bool) -> float:
     """CompOFA's loop: time.time() around 10 runs; with ``sync`` the one fix applied."""
     import torch
 
+    on_gpu = x.is_cuda
     with torch.no_grad():
-        start = time.time()
+        t0 = time.time()
         for _ in range(10):
             model(x)
-        if sync:
+        if sync and on_gpu:
             torch.cuda.synchronize()
-        end = time.time()
-    torch.cuda.synchronize()  # never let one arch's queued work leak into the next
-    return (end - start) / 10 * 1e3
+        t1 = time.time()
+    if on_gpu:
+        torch.cuda.synchronize()  # never let one arch's queued work leak into the next
+    return (t1 - t0) / 10 * 1e3
 
 
 def main() -> None:
@@ -53,8 +64,10 @@ def main() -> None:
     ap.add_argument("--batches", default="64,1")
     ap.add_argument("--store", default="runs/gpu_recipe.db")
     ap.add_argument("--out", default="benchmarks/results/gpu_compofa_recipe")
+    add_run_args(ap)
     args = ap.parse_args()
-    gpu = require_gpu()
+    gpu = start(args)
+    where = "cpu" if args.dry_run else "cuda"
     space = spaces.get("compofa", (224,))
     archs = space.sample_many(args.n, np.random.default_rng(args.seed))
     factory = SubnetFactory()
@@ -63,16 +76,19 @@ def main() -> None:
     for b in (int(x) for x in args.batches.split(",")):
         naive, synced = [], []
         for arch in archs:
-            model = factory(arch).cuda().eval()
-            x = torch.randn(b, 3, 224, 224, device="cuda")
-            torch.cuda.synchronize()
+            model = factory(arch).to(where).eval()
+            x = torch.randn(b, 3, 224, 224, device=where)
+            if where == "cuda":
+                torch.cuda.synchronize()
             naive.append(recipe_ms(model, x, sync=False))
             synced.append(recipe_ms(model, x, sync=True))
             del model, x
-            torch.cuda.empty_cache()
+            if where == "cuda":
+                torch.cuda.empty_cache()
         truth, cost = measure_medians(
-            archs, device(args.device), args.store, space="compofa", batch_size=b
-        )
+            archs, device(args.device, args.dry_run), args.store, space="compofa", batch_size=b,
+            protocol_overrides=protocol_overrides(args),
+        )  # fmt: skip
         naive_a, synced_a = np.array(naive), np.array(synced)
         results[f"batch{b}"] = {
             "archs": [a.key() for a in archs],

@@ -15,12 +15,14 @@ import argparse
 
 import numpy as np
 from gpu_common import (
+    add_run_args,
     describe,
     device,
     md_table,
     measure_medians,
+    protocol_overrides,
     rank_agreement,
-    require_gpu,
+    start,
     write_outputs,
 )
 
@@ -36,10 +38,14 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--batches", default="64,1")
     ap.add_argument("--devices", default="cuda-torch,cuda-torch-fp16")
+    ap.add_argument("--sample", type=int, default=0, help="N random archs (0: all 243)")
+    add_run_args(ap)
     args = ap.parse_args()
-    gpu = require_gpu()
+    gpu = start(args)
     space = spaces.get("compofa", (args.resolution,))
     archs = list(space.enumerate())
+    if args.sample:
+        archs = space.sample_many(args.sample, np.random.default_rng(0))
     batches = [int(b) for b in args.batches.split(",")]
     names = args.devices.split(",")
 
@@ -48,8 +54,9 @@ def main() -> None:
     for name in names:
         for b in batches:
             ms, cost = measure_medians(
-                archs, device(name), args.store, space="compofa", batch_size=b
-            )
+                archs, device(name, args.dry_run), args.store, space="compofa", batch_size=b,
+                protocol_overrides=protocol_overrides(args),
+            )  # fmt: skip
             results[(name, b)] = ms
             costs.append(cost)
 

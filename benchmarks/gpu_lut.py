@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from gpu_common import device, require_gpu, write_outputs
+from gpu_common import add_run_args, device, protocol_overrides, start, write_outputs
 
 from compofa_bench import spaces
 from compofa_bench.lut.build import build_table
@@ -39,9 +39,12 @@ def main() -> None:
         "--out", default=None, help="table JSON (default lookup_tables/<device>-compofa.json)"
     )
     ap.add_argument("--summary", default=None)
+    add_run_args(ap)
     args = ap.parse_args()
-    gpu = require_gpu()
-    spec = device(args.device)
+    gpu = start(args)
+    spec = device(args.device, args.dry_run)
+    # One protocol for the layers and the networks they are checked against.
+    spec = spec.with_protocol(spec.protocol.replace(**protocol_overrides(args)))
     out = Path(args.out or f"lookup_tables/{args.device}-compofa.json")
     Path(args.store).parent.mkdir(parents=True, exist_ok=True)
     space = spaces.get("compofa", parse_resolutions(args.resolutions))

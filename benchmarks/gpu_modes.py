@@ -14,7 +14,16 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from gpu_common import device, md_table, measure_medians, rank_agreement, require_gpu, write_outputs
+from gpu_common import (
+    add_run_args,
+    device,
+    md_table,
+    measure_medians,
+    protocol_overrides,
+    rank_agreement,
+    start,
+    write_outputs,
+)
 
 from compofa_bench import spaces
 
@@ -37,36 +46,70 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--store", default="runs/gpu_modes.db")
     ap.add_argument("--out", default="benchmarks/results/gpu_modes")
+    ap.add_argument(
+        "--compile-n",
+        type=int,
+        default=None,
+        help="time the torch.compile modes on the first N archs only (each arch compiles "
+        "for seconds); default: all",
+    )
+    add_run_args(ap)
     args = ap.parse_args()
-    gpu = require_gpu()
+    gpu = start(args)
     space = spaces.get("compofa", (224,))
     archs = space.sample_many(args.n, np.random.default_rng(args.seed))
     modes = args.modes.split(",")
     results: dict[str, dict] = {}
-    md = [f"### Execution modes on {gpu['gpu']} ({args.n} CompOFA archs at 224)", ""]
     for b in (int(x) for x in args.batches.split(",")):
-        per_mode = {}
+        per_mode: dict[str, dict] = {}
+        results[f"batch{b}"] = per_mode
         for mode in modes:
-            spec = device(args.device, **MODES[mode])
-            ms, cost = measure_medians(archs, spec, args.store, space="compofa", batch_size=b)
+            spec = device(args.device, args.dry_run, **MODES[mode])
+            subset = archs
+            if mode.startswith("compile") and args.compile_n is not None:
+                subset = archs[: args.compile_n]
+            ms, cost = measure_medians(
+                subset, spec, args.store, space="compofa", batch_size=b,
+                protocol_overrides=protocol_overrides(args),
+            )  # fmt: skip
             per_mode[mode] = {"ms": ms.tolist(), "cost": cost}
+            # Written after every mode: compile modes take seconds an arch, and a run stopped
+            # at its time limit keeps what it measured.
+            write_outputs(args.out, {"gpu": gpu, "archs": [a.key() for a in archs],
+                                     "results": compare_to_eager(results)},
+                          summary_markdown(gpu, len(archs), results))  # fmt: skip
+
+
+def compare_to_eager(results: dict[str, dict]) -> dict[str, dict]:
+    """Each mode's ratio to eager and rank agreement with it, on the archs both measured."""
+    for per_mode in results.values():
         eager = np.array(per_mode["eager"]["ms"]) if "eager" in per_mode else None
-        rows = []
-        for mode, r in per_mode.items():
+        for r in per_mode.values():
             ms = np.array(r["ms"])
+            r["n_archs"] = len(ms)
             if eager is not None:
-                ratio = ms / eager
+                ratio = ms / eager[: len(ms)]
                 r["ratio_to_eager"] = {"median": float(np.median(ratio)), "min": float(ratio.min()),
                                        "max": float(ratio.max())}  # fmt: skip
-                r["vs_eager"] = rank_agreement(eager, ms)
-            rows.append([mode, float(np.median(ms)), r.get("ratio_to_eager", {}).get("median", 1.0),
-                         r.get("vs_eager", {}).get("spearman", 1.0)])  # fmt: skip
-        results[f"batch{b}"] = per_mode
-        md += [f"batch {b}:", ""]
-        md += md_table(["mode", "median ms", "median ratio to eager", "Spearman vs eager"], rows)
+                r["vs_eager"] = rank_agreement(eager[: len(ms)], ms)
+    return results
+
+
+def summary_markdown(gpu: dict, n: int, results: dict[str, dict]) -> list[str]:
+    md = [f"### Execution modes on {gpu['gpu']} ({n} CompOFA archs at 224)", ""]
+    for batch, per_mode in results.items():
+        rows = [
+            [mode, r["n_archs"], float(np.median(r["ms"])),
+             r.get("ratio_to_eager", {}).get("median", 1.0),
+             r.get("vs_eager", {}).get("spearman", 1.0)]
+            for mode, r in per_mode.items()
+        ]  # fmt: skip
+        md += [f"{batch}:", ""]
+        md += md_table(
+            ["mode", "archs", "median ms", "median ratio to eager", "Spearman vs eager"], rows
+        )
         md.append("")
-    summary = {"gpu": gpu, "archs": [a.key() for a in archs], "results": results}
-    write_outputs(args.out, summary, md)
+    return md
 
 
 if __name__ == "__main__":

@@ -16,7 +16,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from gpu_common import describe, device, measure_medians, rank_agreement, require_gpu, write_outputs
+from gpu_common import (
+    add_run_args,
+    describe,
+    device,
+    measure_medians,
+    protocol_overrides,
+    rank_agreement,
+    start,
+    write_outputs,
+)
 
 from compofa_bench import spaces
 
@@ -31,19 +40,28 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=0, help="N random archs (0: all 243)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/gpu_repeatability")
+    ap.add_argument(
+        "--first-store",
+        default=None,
+        help="take run 1 from this store (e.g. gpu_latency_all's, same device, batch and "
+        "protocol: whatever it lacks is measured); run 2 is always measured from scratch",
+    )
+    add_run_args(ap)
     args = ap.parse_args()
-    gpu = require_gpu()
+    gpu = start(args)
     space = spaces.get("compofa", (args.resolution,))
     archs = list(space.enumerate())
     if args.sample:
         archs = space.sample_many(args.sample, np.random.default_rng(args.seed))
-    spec = device(args.device)
+    spec = device(args.device, args.dry_run)
     runs, costs = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(2):
+        stores = [Path(args.first_store or Path(tmp) / "run0.db"), Path(tmp) / "run1.db"]
+        for store in stores:
             ms, cost = measure_medians(
-                archs, spec, Path(tmp) / f"run{i}.db", space="compofa", batch_size=args.batch
-            )
+                archs, spec, store, space="compofa", batch_size=args.batch,
+                protocol_overrides=protocol_overrides(args),
+            )  # fmt: skip
             runs.append(ms)
             costs.append(cost)
     agree = rank_agreement(runs[0], runs[1])

@@ -149,6 +149,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument(
+        "--ofa-native",
+        action="store_true",
+        help="run OFA's step as OFA's own training runs it (fp32, contiguous), while ours uses "
+        "--amp/--channels-last: the comparison a user who switches trainers sees",
+    )
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
@@ -160,7 +166,13 @@ def main() -> int:
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     sides = {
         "compofa-bench": ours(device, args.batch, args.resolution, amp, args.channels_last),
-        "ofa": reference(device, args.batch, args.resolution, amp, args.channels_last),
+        "ofa": reference(
+            device,
+            args.batch,
+            args.resolution,
+            None if args.ofa_native else amp,
+            False if args.ofa_native else args.channels_last,
+        ),
     }
     for step in sides.values():
         time_steps(step, device, args.warmup)
@@ -175,6 +187,7 @@ def main() -> int:
         "resolution": args.resolution,
         "amp": args.amp,
         "channels_last": args.channels_last,
+        "ofa_native": args.ofa_native,
         "subnets_per_step": 4,
         "images_per_s": med,
         "ratio_ours_over_ofa": med["compofa-bench"] / med["ofa"],

@@ -16,6 +16,8 @@ from compofa_bench.devices import load_device, open_adapter
 from compofa_bench.errors import DeviceError, MeasurementError
 from compofa_bench.measure import Protocol
 
+# `pytest -m gpu` (benchmarks/gpu_check.sh) selects this module on a GPU host.
+pytestmark = pytest.mark.gpu
 HAS_CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with CUDA (none here)")
 

@@ -30,6 +30,8 @@ from compofa_bench.errors import DeviceError, ExportError, MissingDependencyErro
 from compofa_bench.measure import Protocol
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+# `pytest -m gpu` (benchmarks/gpu_check.sh) selects this module on a GPU host.
+pytestmark = pytest.mark.gpu
 HAS_CUDA = torch.cuda.is_available()
 needs_trt = pytest.mark.skipif(
     not (HAS_TRT and HAS_CUDA),
