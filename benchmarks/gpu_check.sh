@@ -8,8 +8,8 @@
 #   repeat       a second, independent run of the fp32 batch-64 set (Spearman, median |diff|)
 #   lut          a GPU lookup table (batch 64) and its validation against end-to-end runs
 #   recipe       CompOFA's GPU timing recipe (time.time, no synchronize) against the truth
-#   modes        eager against CUDA graphs against torch.compile, on 10 archs
-#   train        training images/s against OFA's own training step
+#   train        training images/s against OFA's own training step (same settings; OFA native)
+#   modes        eager against CUDA graphs against torch.compile, on 10 archs (compile: 3)
 #
 # Beside the GPU steps, pinned to other CPU cores, it runs the CPU benchmarks that want a quiet
 # host (cpu-ort-1t repeatability, the lookup-table accuracy), so their figures come from a host
@@ -42,7 +42,7 @@ OUT=${OUT:-out/gpu_check}
 BUDGET_S=${BUDGET_S:-540}
 GPU_CPUS=${GPU_CPUS:-0-3}
 CPU_BENCH_CPUS=${CPU_BENCH_CPUS:-8-15}
-STEPS=${STEPS:-tests,latency_all,repeat,lut,recipe,modes,train,train_native}
+STEPS=${STEPS:-tests,latency_all,repeat,lut,recipe,train,train_native,modes}
 CPU_JOBS=${CPU_JOBS:-1}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -163,11 +163,11 @@ step latency_all 260 "$PYTHON" $B/gpu_latency_all.py "${RUN[@]}" "${ALL[@]}" --s
 step repeat 90 "$PYTHON" $B/gpu_repeatability.py "${RUN[@]}" "${REPEAT[@]}" --first-store "$S/gpu_all.db" --out "$R/gpu_repeatability"
 step lut 90 "$PYTHON" $B/gpu_lut.py "${RUN[@]}" "${LUT[@]}" --store "$S/gpu_lut.db" --out "$R/cuda-torch-compofa.json" --summary "$R/gpu_lut"
 step recipe 45 "$PYTHON" $B/gpu_compofa_recipe.py "${RUN[@]}" "${FEW[@]}" --store "$S/gpu_recipe.db" --out "$R/gpu_compofa_recipe"
-step modes 120 "$PYTHON" $B/gpu_modes.py "${RUN[@]}" "${FEW[@]}" "${MODES[@]}" --store "$S/gpu_modes.db" --out "$R/gpu_modes"
 # Same settings on both sides, then ours with AMP and channels-last against OFA's step as OFA
 # runs it (fp32): the second is the ">= 2x OFA's images/s" comparison.
 step train 60 sh -c "\"$PYTHON\" $B/train_throughput.py ${TRAIN[*]} > \"$R/train_throughput.json\""
 step train_native 60 sh -c "\"$PYTHON\" $B/train_throughput.py ${TRAIN[*]} --ofa-native > \"$R/train_throughput_native.json\""
+step modes 120 "$PYTHON" $B/gpu_modes.py "${RUN[@]}" "${FEW[@]}" "${MODES[@]}" --store "$S/gpu_modes.db" --out "$R/gpu_modes"
 
 # ------------------------------------------------------------------- wait for the CPU benchmarks
 if ((${#CPU_PIDS[@]})); then
