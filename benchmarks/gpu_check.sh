@@ -22,7 +22,8 @@
 # Environment: OUT (default out/gpu_check), PYTHON (default python3, or .venv/bin/python when
 # it exists), BUDGET_S (the whole run, default 540), GPU_CPUS (cores of the GPU steps, default
 # 0-3), CPU_BENCH_CPUS (cores of the CPU benchmarks, one job a core, default 8-15), STEPS (a
-# comma list to run a subset, default all), CPU_JOBS (0 to skip the CPU benchmarks).
+# comma list to run a subset, default all), CAP_<step> (a step's own limit in seconds),
+# CPU_JOBS (0 to skip the CPU benchmarks).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -74,6 +75,8 @@ wanted() { [[ ",$STEPS," == *",$1,"* ]]; }
 step() {
   local name=$1 max=$2; shift 2
   wanted "$name" || return 0
+  local cap="CAP_$name"
+  max=${!cap:-$max}
   local t=$(($(left) - 15))
   ((t > max)) && t=$max
   if ((t < 5)); then
