@@ -22,7 +22,8 @@
 # Environment: OUT (default out/gpu_check), PYTHON (default python3, or .venv/bin/python when
 # it exists), BUDGET_S (the whole run, default 540), GPU_CPUS (cores of the GPU steps, default
 # 0-3), CPU_BENCH_CPUS (cores of the CPU benchmarks, one job a core, default 8-15), STEPS (a
-# comma list to run a subset, default all), CAP_<step> (a step's own limit in seconds),
+# comma list to run a subset, default all), CAP_<step> (a step's own limit in seconds), STATE
+# (a folder whose stores/*.db an earlier run returned: resume from them),
 # CPU_JOBS (0 to skip the CPU benchmarks).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -104,10 +105,17 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$WORK/site" .whl/*.whl && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if ! "$PYTHON" -c "import compofa_bench" 2>/dev/null; then
+# Checked from another folder: scripts run as `python benchmarks/x.py` do not see the cwd.
+if ! (cd / && "$PYTHON" -c "import compofa_bench") 2>/dev/null; then
   log "installing the project from the working tree (no registry)"
   "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$WORK/logs/install.log" 2>&1 ||
-    { log "pip install failed (see logs/install.log): using PYTHONPATH"; export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"; }
+    log "pip install failed (see logs/install.log): the project runs from PYTHONPATH"
+fi
+# Whatever pip did, this working tree is the code that runs.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${STATE:-}" ] && [ -d "$STATE/stores" ]; then
+  # Stores of an earlier run (same protocol): measured workloads are reused, the rest measured.
+  cp "$STATE"/stores/*.db* "$WORK/stores/" && log "resuming from the stores in $STATE/stores"
 fi
 export COMPOFA_BENCH_CACHE="$WORK/cache"
 {
@@ -161,7 +169,9 @@ fi
 B=benchmarks
 R=$WORK/results
 S=$WORK/stores
-step tests 120 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider tests
+# Per-test timeout, so that one stuck test is reported as such and the others still run; the
+# torch.compile test is left to the modes step, which times compile anyway.
+step tests 120 "$PYTHON" -m pytest -m "gpu and not slow" -v -rfEs --tb=short --timeout 40 -p no:cacheprovider tests
 step latency_all 260 "$PYTHON" $B/gpu_latency_all.py "${RUN[@]}" "${ALL[@]}" --store "$S/gpu_all.db" --out "$R/gpu_latency_all"
 step repeat 90 "$PYTHON" $B/gpu_repeatability.py "${RUN[@]}" "${REPEAT[@]}" --first-store "$S/gpu_all.db" --out "$R/gpu_repeatability"
 step lut 90 "$PYTHON" $B/gpu_lut.py "${RUN[@]}" "${LUT[@]}" --store "$S/gpu_lut.db" --out "$R/cuda-torch-compofa.json" --summary "$R/gpu_lut"

@@ -181,6 +181,18 @@ def test_out_of_memory_names_the_largest_batch_that_fits() -> None:
 
 
 @needs_gpu
+def test_fingerprint_names_the_gpu_model_and_each_row_the_card() -> None:
+    # Two cards of one model, driver and setting are one device (resume works across them);
+    # which card ran a row is still recorded with the row.
+    with open_adapter(_spec()) as a:
+        desc = a.describe()
+        p = a.prepare(_workload())
+        t = a.time(p, FAST)
+    assert "uuid" not in desc and desc["gpu"] == torch.cuda.get_device_name(0)
+    assert str(t.extra["gpu_uuid"]).startswith("GPU-")
+
+
+@needs_gpu
 def test_telemetry_snapshots_when_nvml_is_present() -> None:
     pytest.importorskip("pynvml", reason="nvidia-ml-py (the gpu extra) is not installed")
     with open_adapter(_spec(telemetry="on")) as a:

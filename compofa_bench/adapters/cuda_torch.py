@@ -95,18 +95,24 @@ class CudaTorchAdapter(Adapter):
                 f"{props.name} has {props.major}.{props.minor}"
             )
         self.stream = torch.cuda.Stream(device=self.device)
+        self.gpu_uuid = _uuid(props)
         self.telemetry = Telemetry.open(
-            self.options.telemetry, _uuid(props), self.options.device_index
+            self.options.telemetry, self.gpu_uuid, self.options.device_index
         )
 
     # ------------------------------------------------------------------ protocol
     def describe(self) -> dict[str, Any]:
         torch = self._torch
+        gpu = gpu_description(torch, self.options.device_index)
+        # The card's serial identity is no part of "the same device", as the hostname is not
+        # (fingerprint.py): two H200s with one driver and one setting resume each other's runs.
+        # Each row still records which card it ran on (``gpu_uuid`` in its meta).
+        del gpu["uuid"]
         out: dict[str, Any] = {
             "runtime": "torch",
             "torch": torch.__version__,
             "cudnn": torch.backends.cudnn.version(),
-            **gpu_description(torch, self.options.device_index),
+            **gpu,
             "precision": self.options.precision,
             "channels_last": self.options.channels_last,
             "cudnn_benchmark": self.options.cudnn_benchmark,
@@ -157,6 +163,7 @@ class CudaTorchAdapter(Adapter):
             del loaded  # the search below needs this memory back
             self.release(prepared)
             raise self._oom_error(prepared.workload, prepared.workload.input_shape[0])
+        timing.extra["gpu_uuid"] = self.gpu_uuid
         return timing
 
     def release(self, prepared: Prepared) -> None:

@@ -28,7 +28,7 @@ class DriftThresholds:
     was measured, a temperature rise means the card was still heating up."""
 
     max_clock_change: float = 0.05
-    max_temp_change_c: float = 5.0
+    max_temp_change_c: float = 10.0
 
 
 @dataclass(frozen=True)
