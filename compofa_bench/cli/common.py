@@ -6,16 +6,47 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from compofa_bench.errors import ArchError, CompofaError
 
+if TYPE_CHECKING:
+    from rich.table import Table
 
-def console() -> Console:
-    """Human output goes to stdout; ``--json`` output bypasses rich entirely."""
-    return Console(highlight=False, soft_wrap=False)
+#: The width of human output that is not a terminal (a file, a pipe, a CI log). Such output has
+#: no right edge, so a table is as wide as its content; rich's default there, 80 columns, cut
+#: headers to "measu…" and folded each arch key over nine lines.
+UNBOUNDED_WIDTH = 100_000
+
+
+def console(file: IO[str] | None = None) -> Console:
+    """Human output goes to stdout (or ``file``); ``--json`` output bypasses rich entirely.
+    Every command gets its console here, so the width rule holds everywhere."""
+    out = Console(file=file, highlight=False, soft_wrap=False)
+    if not out.is_terminal:
+        out.width = UNBOUNDED_WIDTH
+    return out
+
+
+def key_column(table: Table, header: str, **kwargs: Any) -> None:
+    """A column of arch or workload keys. The rule for keys everywhere: shown whole, never
+    wrapped, never cut (a key is an identifier to copy, and half of one names nothing)."""
+    table.add_column(header, no_wrap=True, overflow="ignore", **kwargs)
+
+
+def print_table(out: Console, table: Table) -> None:
+    """Print ``table``; on a terminal too narrow for its keys, at the width the keys need (the
+    terminal then wraps the long lines, but a copied key stays whole) instead of cutting them."""
+    from rich.measure import Measurement
+
+    need = Measurement.get(out, out.options.update(max_width=UNBOUNDED_WIDTH), table).minimum
+    if need > out.width:
+        wide = Console(file=out.file, highlight=False, soft_wrap=False, width=need)
+        wide.print(table)
+    else:
+        out.print(table)
 
 
 def print_json(obj: Any) -> None:

@@ -7,7 +7,7 @@ import argparse
 from rich.table import Table
 
 from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, print_json
+from compofa_bench.cli.common import console, help_formatter, key_column, print_json, print_table
 
 DESCRIPTION = """\
 Find the most accurate subnet under each latency target, in one call.
@@ -202,10 +202,10 @@ def print_search(doc: dict, out_dir: str) -> None:
         "MACs proxy (MMACs)" if proxy else "pred. top-1",
         "measured ms",
         "parity max|d|",
-        "arch key",
     ]
     for col in cols:
         t.add_column(col)
+    key_column(t, "arch key")
     notes = []
     for item in doc["targets"]:
         target = item.get("target_ms", item.get("target_mmacs"))
@@ -225,8 +225,7 @@ def print_search(doc: dict, out_dir: str) -> None:
             f"{parity['max_abs_diff']:.2g}" if "max_abs_diff" in parity else "-",
             item["key"],
         )
-    t.columns[-1].overflow = "fold"
-    out.print(t)
+    print_table(out, t)
     for note in notes:
         out.print(f"[red]{note}[/red]")
     if proxy:
