@@ -135,6 +135,46 @@ def _finite(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
+#: JSON columns and the key under which :func:`nested` puts their decoded value.
+NESTED_NAMES = {
+    "arch_json": "arch", "samples_json": "samples_ms", "warmup_json": "warmup_ms",
+    "summary_json": "summary_ms", "prepare_json": "prepare_s", "protocol_json": "protocol",
+    "fingerprint_json": "fingerprint", "meta_json": "meta",
+}  # fmt: skip
+
+#: Columns of the long samples CSV: one row per timed run of an ok measurement.
+SAMPLE_COLUMNS = (
+    "id", "device", "fingerprint_hash", "protocol_hash", "kind", "workload_key", "resolution",
+    "batch_size", "run", "latency_ms",
+)  # fmt: skip
+
+
+def nested(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its JSON columns decoded in place of their text (``arch_json`` -> ``arch``)
+    and ``unstable`` as a bool, so that a JSON export needs no second parse."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k in NESTED_NAMES:
+            out[NESTED_NAMES[k]] = json.loads(v) if v is not None else None
+        elif k == "unstable" and v is not None:
+            out[k] = bool(v)
+        else:
+            out[k] = v
+    return out
+
+
+def samples_long_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """One CSV row per timed run (``run`` counts from 0) of rows that hold ``samples_json``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SAMPLE_COLUMNS)
+    for r in rows:
+        head = [r[c] for c in SAMPLE_COLUMNS[:-2]]
+        for i, ms in enumerate(json.loads(r["samples_json"] or "[]")):
+            w.writerow([*head, i, ms])
+    return buf.getvalue()
+
+
 class ResultStore:
     """A results file. Thread-safe: one connection guarded by a lock; several processes may
     open the same file at once."""
@@ -405,8 +445,14 @@ class ResultStore:
         columns: Sequence[str] = SUMMARY_COLUMNS,
         **filters: Any,
     ) -> str | None:
-        """Write rows as CSV or JSON to ``out`` atomically, or return the text when ``out`` is
-        None."""
+        """Write rows as CSV, JSON or a long samples CSV to ``out`` atomically, or return the
+        text when ``out`` is None.
+
+        ``json`` nests the JSON columns as real values under names without ``_json``
+        (``arch``, ``samples_ms``...; see :func:`nested`). ``samples-csv`` writes one row per
+        timed run (:data:`SAMPLE_COLUMNS`), whatever ``columns`` says."""
+        if fmt == "samples-csv":
+            columns = tuple(dict.fromkeys((*SAMPLE_COLUMNS[:-2], "samples_json")))
         rows = self.rows(columns, **filters)
         if fmt == "csv":
             buf = io.StringIO()
@@ -415,9 +461,11 @@ class ResultStore:
             w.writerows(rows)
             text = buf.getvalue()
         elif fmt == "json":
-            text = json.dumps(rows, indent=1) + "\n"
+            text = json.dumps([nested(r) for r in rows], indent=1) + "\n"
+        elif fmt == "samples-csv":
+            text = samples_long_csv(rows)
         else:
-            raise StoreError(f"unknown export format {fmt!r}; use csv or json")
+            raise StoreError(f"unknown export format {fmt!r}; use csv, json or samples-csv")
         if out is None:
             return text
         try:
@@ -425,6 +473,81 @@ class ResultStore:
         except OSError as exc:
             raise StoreError(f"cannot write {out}: {exc}") from None
         return None
+
+    # ----------------------------------------------------------------- housekeeping
+    def prune_candidates(
+        self,
+        *,
+        failed: bool = False,
+        duplicates: bool = False,
+        fingerprints: Sequence[str] = (),
+        old_fingerprints: bool = False,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Rows ``prune`` would delete, oldest first, each with the ``reason`` it is chosen for.
+
+        ``failed``: failed rows. ``duplicates``: ok rows with a later ok row of the same
+        identity (fingerprint, protocol, kind, cache key): look-ups read only the latest.
+        ``fingerprints``: rows of these fingerprint hashes. ``old_fingerprints``: rows of a
+        device whose latest row has another fingerprint (the machine or its settings changed).
+        """
+        where, params = self._filters(**filters)
+        rules: list[tuple[str, str, list[Any]]] = []
+        if failed:
+            rules.append(("failed", "status = 'failed'", []))
+        if duplicates:
+            rules.append((
+                "duplicate",
+                "status = 'ok' AND id NOT IN (SELECT max(id) FROM measurements WHERE "
+                "status = 'ok' GROUP BY fingerprint_hash, protocol_hash, kind, cache_key)",
+                [],
+            ))  # fmt: skip
+        if fingerprints:
+            marks = ",".join("?" * len(fingerprints))
+            rules.append(("fingerprint", f"fingerprint_hash IN ({marks})", list(fingerprints)))
+        if old_fingerprints:
+            rules.append((
+                "old fingerprint",
+                "fingerprint_hash != (SELECT m2.fingerprint_hash FROM measurements m2 WHERE "
+                "m2.device = measurements.device ORDER BY m2.id DESC LIMIT 1)",
+                [],
+            ))  # fmt: skip
+        chosen: dict[int, dict[str, Any]] = {}
+        for reason, cond, extra in rules:
+            q = (
+                "SELECT id, device, fingerprint_hash, workload_key, status, finished_at "
+                f"FROM measurements WHERE ({cond}){where} ORDER BY id"
+            )
+            for r in self._query(q, (*extra, *params)):
+                row = chosen.setdefault(r["id"], {**dict(r), "reason": reason})
+                if reason not in row["reason"].split(", "):
+                    row["reason"] += f", {reason}"
+        return [chosen[i] for i in sorted(chosen)]
+
+    def delete(self, ids: Iterable[int]) -> int:
+        """Delete rows by id in one transaction; returns how many went."""
+        if self.readonly:
+            raise StoreError(f"results store {self.path} is open read-only")
+        ids = list(ids)
+        n = 0
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    cur = self._conn.execute(
+                        f"DELETE FROM measurements WHERE id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                    n += cur.rowcount
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot delete from {self.path}: {exc}") from None
+                raise
+        return n
 
     def _query(self, q: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         with self._lock:
