@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.table import Table
@@ -23,7 +24,8 @@ Examples:
   compofa-bench lut validate --lut lookup_tables/cpu-ort-compofa.json --device cpu-ort \\
       --sample 100 --calibrate 40 --store results.db --plot benchmarks/lut_scatter.png
   compofa-bench lut import-ofa latency_table@note10/ --width-mult 1.2 --out note10.json
-  compofa-bench lut export-ofa note10.json --out note10_yaml/
+  compofa-bench lut export-ofa --lut note10.json --out note10_yaml/
+  compofa-bench lut show --lut note10.json
 """
 
 
@@ -134,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_validate)
 
     p = lut_sub.add_parser("show", help="summarize a table (provenance, coverage)")
-    p.add_argument("lut", help="table JSON")
+    _lut_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_show)
 
@@ -163,11 +165,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=help_formatter(),
         description="Writes DIR/<R>_lookup_table.yaml with count/mean/std, readable by OFA's "
         "LatencyEstimator (which sums means).\n\nExample:\n  compofa-bench lut export-ofa "
-        "note10.json --out note10_yaml/",
+        "--lut note10.json --out note10_yaml/",
     )
-    p.add_argument("lut", help="table JSON")
+    _lut_arg(p)
     p.add_argument("--out", required=True, help="directory to write")
     p.set_defaults(func=cmd_export)
+
+
+def _lut_arg(p: argparse.ArgumentParser) -> None:
+    """``--lut TABLE``: the one spelling of a table argument in every command (predict,
+    validate and search already used it). The old positional ``TABLE`` of ``show`` and
+    ``export-ofa`` still works for one release, with a deprecation line (see _table_path)."""
+    p.add_argument("--lut", metavar="TABLE", help="table JSON")
+    p.add_argument("lut_positional", nargs="?", metavar="TABLE", help=argparse.SUPPRESS)
+
+
+def _table_path(args: argparse.Namespace) -> str:
+    if args.lut_positional is not None:
+        if args.lut is not None:
+            raise LutError("give the table once, as --lut TABLE")
+        print(
+            f"deprecated: `lut {args.lut_command} TABLE`; write `lut {args.lut_command} --lut "
+            "TABLE` (the positional form goes in the next release)",
+            file=sys.stderr,
+        )
+        return str(args.lut_positional)
+    if args.lut is None:
+        raise LutError(f"lut {args.lut_command} needs the table: --lut TABLE")
+    return str(args.lut)
 
 
 def _load(path: str):
@@ -195,7 +220,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from compofa_bench.lut import export_ofa_dir
 
-    paths = export_ofa_dir(_load(args.lut), args.out)
+    paths = export_ofa_dir(_load(_table_path(args)), args.out)
     console().print(f"wrote {len(paths)} yaml files to {args.out}")
     return 0
 
@@ -252,6 +277,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    args.lut = _table_path(args)
     table = _load(args.lut)
     info = {
         "base": table.base,
