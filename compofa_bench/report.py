@@ -116,6 +116,15 @@ def _target_labels(ax: Any, labels: Sequence[tuple[float, str, str]]) -> None:
             t.remove()
 
 
+def _text_box(t: Any, renderer: Any) -> Any:
+    # the text alone: an annotation's own extent includes its leader line, which always
+    # reaches the point and would make every label near a point "overlap"
+    from matplotlib.text import Text
+
+    t.update_positions(renderer)  # resolves the offset-points position to pixels
+    return Text.get_window_extent(t, renderer)
+
+
 def place_labels(
     ax: Any, points: Sequence[tuple[float, float, str]], fontsize: float = 7
 ) -> list[Any]:
@@ -129,7 +138,7 @@ def place_labels(
     texts = []
     candidates = [
         (dx * r, dy * r, ha, va)
-        for r in (1, 2, 3, 4, 6)
+        for r in (1, 2, 3, 4, 5, 6, 8, 10)
         for dx, dy, ha, va in (
             (5, 5, "left", "bottom"), (5, -5, "left", "top"), (-5, 5, "right", "bottom"),
             (-5, -5, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"),
@@ -141,7 +150,7 @@ def place_labels(
             t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                             fontsize=fontsize, ha=ha, va=va,
                             arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})  # fmt: skip
-            box = t.get_window_extent(renderer)
+            box = _text_box(t, renderer)
             inside = (
                 box.x0 >= axes_box.x0 and box.x1 <= axes_box.x1
                 and box.y0 >= axes_box.y0 and box.y1 <= axes_box.y1
@@ -154,7 +163,7 @@ def place_labels(
             dx, dy, ha, va = candidates[-6]
             t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                             fontsize=fontsize, ha=ha, va=va)  # fmt: skip
-            chosen = (t, t.get_window_extent(renderer))
+            chosen = (t, _text_box(t, renderer))
         placed.append(chosen[1])
         texts.append(chosen[0])
     return texts

@@ -6,7 +6,7 @@ the one every look-up reads; ``results prune --duplicates`` drops the old one).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from compofa_bench.errors import DeviceError, StoreError
 if TYPE_CHECKING:
     from compofa_bench.devices import DeviceSpec
     from compofa_bench.profile import RunSummary
+    from compofa_bench.spaces import Arch
     from compofa_bench.store import ResultStore
 
 _COLUMNS = ("id", "device", "fingerprint_hash", "protocol_hash", "protocol_json", "kind",
@@ -81,10 +82,12 @@ def retry_group(
     protocol_overrides: Mapping[str, Any] | None = None,
     any_fingerprint: bool = False,
     show_progress: bool = True,
+    build_module: Callable[[Arch], Any] | None = None,
 ) -> RunSummary:
     """Measure ``group``'s archs again on ``spec`` with their stored protocol (plus
     ``protocol_overrides``, e.g. ``remeasure``). Refuses, unless ``any_fingerprint``, when the
-    device's fingerprint now differs from the rows' (that would be a new device, not a retry)."""
+    device's fingerprint now differs from the rows' (that would be a new device, not a retry).
+    ``build_module`` replaces the supernet, as in ``profile_archs``."""
     from compofa_bench import spaces
     from compofa_bench.devices import open_adapter
     from compofa_bench.profile import device_fingerprint, profile_archs
@@ -110,7 +113,7 @@ def retry_group(
             archs, [spec], store, space=group.space, base=group.base,
             width_mult=group.width_mult, n_classes=group.n_classes,
             protocol_overrides=protocol, skip_done=False, show_progress=show_progress,
-            adapters=[adapter],
+            adapters=[adapter], build_module=build_module,
         )  # fmt: skip
     finally:
         adapter.close()
