@@ -376,3 +376,50 @@ def test_lut_table_argument_one_convention(tmp_path: Path,
     assert old.err.startswith("deprecated: `lut show TABLE`") and old.err.count("\n") == 1
     assert main(["lut", "show"]) == 2
     assert "--lut TABLE" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- two real devices
+
+
+@pytest.mark.slow
+def test_compare_real_stores_cpu_ort_and_tflite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """cpu-ort-1t and tflite-local, each into its own store, compared by the CLI. Three tiny
+    workloads whose work differs 16x step to step (TFLite conversion costs seconds a model)."""
+    pytest.importorskip("litert_torch", reason="tflite-local needs the tflite extra")
+    pytest.importorskip("ai_edge_litert", reason="tflite-local needs the tflite extra")
+    from compofa_bench.devices import load_device
+
+    monkeypatch.setenv("COMPOFA_BENCH_CACHE", str(tmp_path / "cache"))
+    archs = spaces.get("compofa", [64]).sample_many(3, np.random.default_rng(0))
+    widths = {a.key(): w for a, w in zip(archs, (4, 64, 1024), strict=True)}
+    fast = {"warmup_runs": 2, "warmup_min_s": 0.0, "min_runs": 10, "min_s": 0.05, "max_s": 2.0}
+    stores = []
+    for name in ("cpu-ort-1t", "tflite-local"):
+        spec = load_device(name)
+        if name == "tflite-local":
+            spec = spec.with_options(cache_dir=str(tmp_path / "tflite"))
+        path = tmp_path / f"{name}.db"
+        with ResultStore(path) as store:
+            [s] = profile_archs(archs, [spec], store, space="compofa", show_progress=False,
+                                protocol_overrides=fast,
+                                build_module=lambda a: tiny(widths[a.key()]))  # fmt: skip
+        assert s.to_dict()["measured"] == 3, s.to_dict()["failed"]
+        stores.append(path)
+    png = tmp_path / "cmp.png"
+    rc = main(["results", "compare", "--store", str(stores[0]), "--store", str(stores[1]),
+               "--plot", str(png), "--json"])  # fmt: skip
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [s["device"] for s in res["sides"]] == ["cpu-ort-1t", "tflite-local"]
+    assert res["common"] == 3
+    [pair] = res["pairs"]
+    a, b = load_side(stores[0]), load_side(stores[1])
+    keys = [x.key() for x in archs]
+    ratios = [b.median_ms[k] / a.median_ms[k] for k in keys]
+    by_key = {w["key"]: w for w in res["workloads"]}
+    assert [by_key[k]["ratio"]["tflite-local"] for k in keys] == pytest.approx(ratios)
+    assert pair["ratio_min"] == pytest.approx(min(ratios))
+    # 16x more work per step: both runtimes rank the three alike (at most one adjacent swap)
+    assert pair["spearman"] >= 0.5
+    _image(png)
