@@ -262,7 +262,7 @@ def test_cli_import_export_predict(note10_dir: Path, tmp_path, capsys):
     assert (
         main(["lut", "import-ofa", str(note10_dir), "--width-mult", "1.2", "--out", str(out)]) == 0
     )
-    assert main(["lut", "export-ofa", str(out), "--out", str(tmp_path / "y")]) == 0
+    assert main(["lut", "export-ofa", "--lut", str(out), "--out", str(tmp_path / "y")]) == 0
     assert len(list((tmp_path / "y").glob("*_lookup_table.yaml"))) == 17
     arch = spaces.get("ofa", [208]).sample(np.random.default_rng(5))
     arch_file = tmp_path / "arch.json"
@@ -297,7 +297,7 @@ def test_cli_import_export_predict(note10_dir: Path, tmp_path, capsys):
 
 
 def test_cli_bad_inputs_exit_2(tmp_path, capsys):
-    assert main(["lut", "show", str(tmp_path / "missing.json")]) == 2
+    assert main(["lut", "show", "--lut", str(tmp_path / "missing.json")]) == 2
     assert capsys.readouterr().err.startswith("error: latency table")
     assert (
         main(
@@ -467,11 +467,11 @@ def test_cli_show_and_predict_print_the_per_resolution_calibration(tmp_path, cap
                       scale_by_resolution={160: 0.85, 224: 1.05})  # fmt: skip
     path = _synthetic_table(space, 1.0, seed=5).with_calibration(cal).save(tmp_path / "t.json")
     capsys.readouterr()
-    assert main(["lut", "show", str(path), "--json"]) == 0
+    assert main(["lut", "show", "--lut", str(path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["calibration"]
     assert shown["form"] == "per-resolution"
     assert shown["scale_by_resolution"] == {"160": 0.85, "224": 1.05}
-    assert main(["lut", "show", str(path)]) == 0
+    assert main(["lut", "show", "--lut", str(path)]) == 0
     text = capsys.readouterr().out
     assert "per-resolution" in text and "160: 0.8500" in text and "+19.00%" in text
     arch = space.sample_many(1, np.random.default_rng(0))[0]
