@@ -224,6 +224,15 @@ def test_results_plot(store_path: Path, tmp_path: Path) -> None:
     _image(png, min_w=800)
 
 
+def test_plot_bad_output_is_one_error_line(store_path: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    (tmp_path / "file").write_text("")
+    bad = str(tmp_path / "file" / "x.png")
+    assert main(["results", "plot", "--store", str(store_path), "--out", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write plot") and err.count("\n") == 1
+
+
 def test_pareto_with_remeasured_winners_and_missed(tmp_path: Path) -> None:
     from compofa_bench.report import plot_pareto
 

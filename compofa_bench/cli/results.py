@@ -198,6 +198,13 @@ def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _write_plot(draw: Any, path: str) -> None:
+    try:
+        draw()
+    except OSError as exc:
+        raise StoreError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+
+
 # ----------------------------------------------------------------------------- show
 
 
@@ -358,7 +365,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.plot:
         from compofa_bench.report import plot_compare
 
-        plot_compare(result, args.plot, label_moves=args.top)
+        _write_plot(lambda: plot_compare(result, args.plot, label_moves=args.top), args.plot)
         result["plot"] = args.plot
     if args.json:
         print_json(result)
@@ -425,7 +432,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     )
     if not series:
         raise StoreError(f"{args.store} holds no ok arch measurements to plot")
-    plot_latency_vs_macs(series, args.out, title=f"{args.store}: measured latency vs MACs")
+    title = f"{args.store}: measured latency vs MACs"
+    _write_plot(lambda: plot_latency_vs_macs(series, args.out, title=title), args.out)
     n = sum(len(v) for v in series.values())
     console().print(f"wrote {args.out}: {n} archs on {len(series)} device(s)")
     return 0
