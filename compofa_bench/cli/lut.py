@@ -9,7 +9,14 @@ from pathlib import Path
 from rich.table import Table
 
 from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, print_json, read_json
+from compofa_bench.cli.common import (
+    console,
+    help_formatter,
+    key_column,
+    print_json,
+    print_table,
+    read_json,
+)
 from compofa_bench.cli.profile import add_protocol_args, protocol_overrides
 from compofa_bench.errors import LutError
 
@@ -260,11 +267,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if len(results) == 1:
             table_view = Table(title=f"{res['key']}  ({args.lut})")
             table_view.add_column("#", justify="right")
-            table_view.add_column("layer")
+            key_column(table_view, "layer")
             table_view.add_column("ms", justify="right")
             for i, layer in enumerate(res["layers"]):
                 table_view.add_row(str(i), layer["key"], f"{layer['latency_ms']:.3f}")
-            out.print(table_view)
+            print_table(out, table_view)
         how = ""
         if "calibration" in res:
             c = res["calibration"]
