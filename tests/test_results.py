@@ -153,7 +153,7 @@ def test_show_gives_the_spread_behind_the_flag(store_path: Path, tmp_path: Path,
 # ----------------------------------------------------------------------------- compare
 
 
-def test_compare_figures(store_path: Path) -> None:
+def test_compare_figures(store_path: Path, tmp_path: Path) -> None:
     from scipy import stats as sps
 
     a, b = load_side(store_path, device="dev-a"), load_side(store_path, device="dev-b")
@@ -177,6 +177,15 @@ def test_compare_figures(store_path: Path) -> None:
         ARCHS[5].key(): -1.0,
     }
     assert len(compare([a, b], top=2)["pairs"][0]["rank_moves"]) == 2
+    # three sides: each against the first; a side equal to the first agrees perfectly
+    three = compare([a, b, Side("copy", "s", "copy", "h", dict(a.median_ms))])
+    assert [(q["a"], q["b"]) for q in three["pairs"]] == [("dev-a", "dev-b"), ("dev-a", "copy")]
+    assert three["pairs"][1]["spearman"] == pytest.approx(1.0)
+    assert three["pairs"][1]["ratio_geomean"] == pytest.approx(1.0)
+    assert three["pairs"][1]["rank_moves"] == []
+    from compofa_bench.report import plot_compare
+
+    _image(plot_compare(three, tmp_path / "three.png"), min_w=900)  # one panel per pair
 
 
 def test_compare_sides_must_be_one_device_each(store_path: Path, tmp_path: Path) -> None:
