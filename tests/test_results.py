@@ -106,6 +106,14 @@ def test_tables_in_a_file_are_not_cut(store_path: Path, tmp_path: Path) -> None:
         assert head in text, head
     assert all(a.key() in text for a in ARCHS)
 
+    # another command's table: the rule lives in cli.common.console(), used by every command
+    text = _cli_to_file(["devices", "list"], tmp_path / "d.txt", tmp_path)
+    assert "…" not in text
+    from compofa_bench.devices import list_devices
+
+    for spec in list_devices():
+        assert any(spec.name in line and spec.description in line for line in text.splitlines())
+
 
 def test_a_narrow_terminal_still_shows_keys_whole(store_path: Path) -> None:
     """On a terminal narrower than the keys, print_table widens rather than cutting them."""
