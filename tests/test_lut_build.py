@@ -93,16 +93,21 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
     from compofa_bench.lut.validate import validate_table
 
     lut = workdir / "t.json"
+    before = lut.read_bytes()
     report = validate_table(
         lut, workdir / "dev.toml", "compofa", n_sample=3, n_calibrate=3, seed=1,
         store_path=workdir / "s.db", plot=workdir / "p.png", show_progress=False,
+        out=workdir / "calibrated.json",
     )  # fmt: skip
+    assert lut.read_bytes() == before  # the input table is never rewritten
+    assert report["calibration"]["device"] == DEVICE_NAME and report["warnings"] == []
     assert report["n"] == 3 and len(report["archs"]) == 3
     assert report["measurement"]["measured_now"] == 6
     for block in ("uncalibrated", "calibrated"):
         assert 0 <= report[block]["within_10pct"] <= 1 and report[block]["rmse_ms"] >= 0
-    saved = LatencyTable.load(lut)
+    saved = LatencyTable.load(workdir / "calibrated.json")
     assert saved.calibration is not None and saved.calibration.fitted_on == 3
+    assert saved.calibration.device == DEVICE_NAME
     assert saved.calibration.validation["n"] == 3
     # The calibration is applied to predictions and the validation archs are not its fit set.
     val_keys = {row["key"] for row in report["archs"]}
@@ -136,7 +141,7 @@ def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, wo
     from compofa_bench.store import ResultStore
 
     lut = workdir / "interleave.json"
-    lut.write_text((workdir / "t.json").read_text())  # validate stores its calibration here
+    lut.write_text((workdir / "t.json").read_text())  # a copy: the test may write next to it
     store = workdir / "interleave.db"  # a fresh store: every arch is measured in this run
     n, m, seed = 4, 3, 5
     report = validate_table(

@@ -102,6 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resolution", type=int, default=None, help="resolution if the file has none")
     p.add_argument("--uncalibrated", action="store_true", help="ignore the table's calibration")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="the device the prediction is for: a table or calibration from another device "
+        "gives a warning (an error with --strict)",
+    )
+    add_strict_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -114,10 +121,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and ±10%, Spearman and Kendall rank correlation, and the mean error per resolution. "
         "With --calibrate M, M further archs (a separate set, measured interleaved with the N) "
         "fit an overhead and one scale per resolution (one global scale when a resolution has "
-        "fewer than 2 of them); the calibration and its figures on the N validation archs are "
-        "stored in the table.\n\n"
+        "fewer than 2 of them); the calibration (with the device it was fitted on) and its "
+        "figures on the N validation archs are written with the table to --out, never over "
+        "--lut; without --out the calibration is printed and nothing is written. A table or "
+        "calibration from another device than --device gives a warning naming both (--strict: "
+        "an error).\n\n"
         "Example:\n  compofa-bench lut validate --lut lookup_tables/mine.json --device cpu-ort "
-        "--sample 100 --calibrate 40 --plot benchmarks/lut_scatter.png",
+        "--sample 100 --calibrate 40 --out lookup_tables/mine-calibrated.json "
+        "--plot benchmarks/lut_scatter.png",
     )
     p.add_argument("--lut", required=True, help="table JSON")
     p.add_argument("--device", required=True, help="device name or TOML path")
@@ -128,8 +139,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="M",
-        help="fit a calibration on M other archs and store it in the table",
+        help="fit a calibration on M other archs (written with the table to --out)",
     )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write the calibrated table here (another file than --lut; default: write nothing)",
+    )
+    add_strict_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--resolutions",
@@ -142,8 +159,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_validate)
 
-    p = lut_sub.add_parser("show", help="summarize a table (provenance, coverage)")
+    p = lut_sub.add_parser(
+        "show",
+        help="summarize a table (provenance, coverage)",
+        formatter_class=help_formatter(),
+        description="Prints the table's provenance (device, adapter, fingerprint, protocol, "
+        "build method), its calibration and the device that was fitted on, and its coverage: "
+        "per space and resolution, how many of the layers the space's archs use the table "
+        "holds.\n\nExample:\n  compofa-bench lut show --lut lookup_tables/mine.json --space ofa",
+    )
     _lut_arg(p)
+    p.add_argument(
+        "--space",
+        action="append",
+        default=None,
+        help="space whose coverage to print (repeatable; default: every built-in space of "
+        "the table's base)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_show)
 
@@ -164,6 +196,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-classes", type=int, default=1000)
     p.add_argument("--device-name", default=None, help="record the device name in provenance")
     p.add_argument("--out", required=True, help="table JSON to write")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a file that lacks some layers of the base's space (default: warn); keys "
+        "of another base or width are always refused",
+    )
     p.set_defaults(func=cmd_import)
 
     p = lut_sub.add_parser(
@@ -202,6 +240,20 @@ def _table_path(args: argparse.Namespace) -> str:
     return str(args.lut)
 
 
+def add_strict_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (error, exit 2) a table or calibration from another device instead of warning",
+    )
+
+
+def warn(lines: list[str]) -> None:
+    """One ``warning:`` line each on stderr (stdout stays parseable with --json)."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _load(path: str):
     from compofa_bench.lut import LatencyTable
 
@@ -213,8 +265,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     prov = {"device": args.device_name} if args.device_name else None
     table = import_ofa_dir(
-        args.directory, args.width_mult, base=args.base, n_classes=args.n_classes, provenance=prov
-    )
+        args.directory, args.width_mult, base=args.base, n_classes=args.n_classes,
+        provenance=prov, strict=args.strict,
+    )  # fmt: skip
+    warn(table.provenance.get("import_warnings", []))
     table.save(args.out)
     console().print(
         f"imported {len(table)} entries at {len(table.resolutions)} resolutions "
@@ -233,7 +287,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from compofa_bench.lut.provenance import device_mismatches, enforce
+
     table = _load(args.lut)
+    device = args.device
+    if device is not None and (device.endswith(".toml") or "/" in device):
+        from compofa_bench.devices import load_device
+
+        device = load_device(device).name
+    warn(enforce(device_mismatches(table, device, args.lut), args.strict))
     raw = read_json(args.arch_file, "arch file")
     items = raw if isinstance(raw, list) else [raw]
     if not items:
@@ -299,6 +361,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         "calibration": None
         if table.calibration is None
         else {"form": table.calibration.form, **table.calibration.to_json()},
+        "coverage": _coverage(table, args.space),
     }
     if args.json:
         print_json(info)
@@ -329,7 +392,39 @@ def cmd_show(args: argparse.Namespace) -> int:
             )
         if v.get("bias_by_resolution"):
             out.print(_bias_view(v["bias_by_resolution"]))
+        if c.device:
+            out.print(f"  fitted on device {c.device}")
+    view = Table(title="coverage: layers the space's archs use / layers in the table")
+    for col in ("space", "resolution", "layers", "covered", "e.g. missing"):
+        view.add_column(col, justify="left" if col in ("space", "e.g. missing") else "right")
+    for name, per_r in info["coverage"].items():
+        for r, c in per_r.items():
+            share = c["present"] / c["needed"] if c["needed"] else 1.0
+            view.add_row(
+                name, str(r), f"{c['present']}/{c['needed']}", f"{share:.0%}",
+                c["missing_example"] or "-",
+            )  # fmt: skip
+    view.columns[-1].overflow = "fold"
+    out.print(view)
     return 0
+
+
+def _coverage(table, names: list[str] | None) -> dict[str, dict[int, dict]]:
+    """Coverage of each named space (default: every built-in space of the table's base) at
+    the table's resolutions, plus the space's own resolutions the table lacks."""
+    from compofa_bench.lut.layers import coverage
+
+    names = names or [n for n in spaces.names() if spaces.get(n).base == table.base]
+    out = {}
+    for name in names:
+        space = spaces.get(name)
+        if space.base != table.base:
+            raise LutError(f"space {name} has base {space.base}; the table is for {table.base}")
+        res = sorted(set(table.resolutions) | set(space.resolutions))
+        out[name] = coverage(
+            table.entries, space.with_resolutions(res), table.width_mult, table.n_classes
+        )
+    return out
 
 
 def _bias_view(bias: dict) -> Table:
@@ -388,7 +483,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         store_path=args.store,
         plot=args.plot,
         resolutions=args.resolutions,
+        out=args.out,
+        strict=args.strict,
     )
+    warn(report["warnings"])
     if args.json:
         print_json(report)
         return 0
@@ -422,9 +520,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
             c["overhead_ms"], c["scale"], c["fitted_on"],
             scale_by_resolution=c["scale_by_resolution"],
         )  # fmt: skip
+        where = (
+            f"written with the table to {c['written_to']}"
+            if c["written_to"]
+            else "not written: pass --out FILE to keep it"
+        )
         out.print(
-            f"calibration fitted on {c['fitted_on']} separate archs ({c['note']}): "
-            f"{fit.describe()} (stored in table)"
+            f"calibration fitted on {c['fitted_on']} separate archs on {c['device']} "
+            f"({c['note']}): {fit.describe()} ({where})"
         )
     if args.plot:
         out.print(f"scatter plot: {args.plot}")

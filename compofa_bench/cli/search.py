@@ -105,6 +105,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--device", metavar="D", help="measure each exported winner on this device")
     e.add_argument("--store", default="results.db", help="results store (default: results.db)")
+    e.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a --lut table (or its calibration) from another device than --device "
+        "(default: a warning naming both)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
         "--json",
@@ -128,6 +134,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.macs is not None and (args.lut or args.measure_latency):
         raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
+    if args.lut and args.device:
+        _check_table_device(args.lut, args.device, args.strict)
     job = X.SearchJob(
         space=args.space,
         targets=tuple(targets),
@@ -182,6 +190,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measured_cell(item: dict, predicted_ms: float | None) -> str:
+    """Measured latency, with its difference from the prediction when there is one."""
+    if "measured_latency_ms" not in item:
+        return "-"
+    measured = item["measured_latency_ms"]
+    if predicted_ms is None:
+        return f"{measured:.2f}"
+    return f"{measured:.2f} ({predicted_ms / measured - 1:+.0%})"
+
+
+def _check_table_device(lut: str, device: str, strict: bool) -> None:
+    """Warn (or refuse, --strict) when the table comes from another device than the one the
+    winners are measured on: its predictions describe the other device."""
+    from compofa_bench.cli.lut import warn
+    from compofa_bench.devices import load_device
+    from compofa_bench.lut import LatencyTable
+    from compofa_bench.lut.provenance import device_mismatches, enforce
+
+    name = load_device(device).name
+    warn(enforce(device_mismatches(LatencyTable.load(lut), name, lut), strict))
+
+
 def print_search(doc: dict, out_dir: str) -> None:
     out = console()
     ms = doc["unit"] == "ms"
@@ -221,7 +251,7 @@ def print_search(doc: dict, out_dir: str) -> None:
             f"{target:g}",
             f"{cost:.2f}",
             f"{score:.1f}" if proxy else f"{score * 100:.2f}%",
-            f"{item['measured_latency_ms']:.2f}" if "measured_latency_ms" in item else "-",
+            _measured_cell(item, cost if ms else None),
             f"{parity['max_abs_diff']:.2g}" if "max_abs_diff" in parity else "-",
             item["key"],
         )
@@ -230,4 +260,15 @@ def print_search(doc: dict, out_dir: str) -> None:
         out.print(f"[red]{note}[/red]")
     if proxy:
         out.print("[yellow]note: ranked by MACs, a proxy; no accuracy was predicted[/yellow]")
+    misses = [
+        f"target {i.get('target_ms'):g}: predicted {i['predicted_latency_ms']:.2f} ms, measured "
+        f"{i['measured_latency_ms']:.2f} ms on {i.get('measured_device')}"
+        for i in doc["targets"]
+        if ms
+        and "measured_latency_ms" in i
+        and "predicted_latency_ms" in i
+        and abs(i["predicted_latency_ms"] / i["measured_latency_ms"] - 1) > 0.10
+    ]
+    for miss in misses:
+        out.print(f"[yellow]prediction missed by more than 10%: {miss}[/yellow]")
     out.print(f"wrote {out_dir}/search.json, pareto.json, pareto.png and one folder per target")

@@ -73,3 +73,24 @@ def unique_layers(
                 layers.setdefault(key_fn(spec), spec)
         out[int(r)] = layers
     return out
+
+
+def coverage(
+    entries: dict[int, dict[str, object]],
+    space: SearchSpace,
+    width_mult: float = 1.0,
+    n_classes: int = 1000,
+) -> dict[int, dict[str, object]]:
+    """Per resolution of ``space``: how many of the layers its archs use a table's ``entries``
+    hold (``{"needed", "present", "missing_example"}``); a resolution the table lacks has
+    ``present = 0``."""
+    out: dict[int, dict[str, object]] = {}
+    for r, keyed in unique_layers(space, width_mult=width_mult, n_classes=n_classes).items():
+        have = entries.get(r, {})
+        missing = sorted(k for k in keyed if k not in have)
+        out[r] = {
+            "needed": len(keyed),
+            "present": len(keyed) - len(missing),
+            "missing_example": missing[0] if missing else None,
+        }
+    return out

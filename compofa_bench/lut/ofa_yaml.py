@@ -58,6 +58,24 @@ def read_ofa_yaml(path: Path) -> dict[str, LutEntry]:
 _STEM_RE = re.compile(r"^Conv-input:(\d+)x(\d+)x3-")
 
 
+def _checked(
+    entries: dict[int, dict[str, LutEntry]],
+    base: str,
+    width_mult: float,
+    n_classes: int,
+    source: str,
+    strict: bool,
+) -> list[str]:
+    """Refuse keys of another base or width (they used to fail later, on stage counts);
+    return the lines about layers the file lacks (an error under ``strict``)."""
+    from compofa_bench.lut.provenance import enforce, import_mismatches
+
+    lines, fatal = import_mismatches(entries, base, width_mult, n_classes, source)
+    if fatal:
+        raise LutError(lines[0])
+    return enforce(lines, strict)
+
+
 def import_ofa_file(
     path: str | Path,
     width_mult: float,
@@ -65,6 +83,7 @@ def import_ofa_file(
     n_classes: int = 1000,
     resolution: int | None = None,
     provenance: dict[str, Any] | None = None,
+    strict: bool = False,
 ) -> LatencyTable:
     """One yaml file of one resolution, such as ProxylessNAS's ``mobile_trim.yaml`` (224).
 
@@ -79,7 +98,10 @@ def import_ofa_file(
                 f"(found {sorted(found) or 'none'}); give the resolution"
             )
         resolution = found.pop()
+    notes = _checked({int(resolution): entries}, base, width_mult, n_classes, str(p), strict)
     prov = {"source": "ofa-yaml", "imported_from": str(p.resolve()), "files": [p.name]}
+    if notes:
+        prov["import_warnings"] = notes
     prov.update(provenance or {})
     return LatencyTable(
         base=base,
@@ -97,26 +119,34 @@ def import_ofa_dir(
     base: str = "mbv3",
     n_classes: int = 1000,
     provenance: dict[str, Any] | None = None,
+    strict: bool = False,
 ) -> LatencyTable:
     """Read every ``<R>_lookup_table.yaml`` in ``directory`` into one table.
 
     The width multiplier is not in OFA's files; it must be given (the OFA/CompOFA Note10
     tables are for the w1.2 supernet). Predictions sum the ``mean``, as OFA does.
+
+    Keys of another base or width raise a LutError that names what does not fit; layers of
+    the base's space that the files lack are listed in ``provenance["import_warnings"]``
+    (a LutError under ``strict``).
     """
     d = Path(directory)
     if d.is_file():
-        return import_ofa_file(d, width_mult, base, n_classes, provenance=provenance)
+        return import_ofa_file(d, width_mult, base, n_classes, provenance=provenance, strict=strict)
     if not d.is_dir():
         raise LutError(f"{d} is not a directory of <R>_lookup_table.yaml files")
     files = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _FILE_RE.match(p.name)))
     if not files:
         raise LutError(f"{d} holds no <R>_lookup_table.yaml files")
     entries = {r: read_ofa_yaml(p) for r, p in files}
-    prov = {
+    notes = _checked(entries, base, width_mult, n_classes, str(d), strict)
+    prov: dict[str, Any] = {
         "source": "ofa-yaml",
         "imported_from": str(d.resolve()),
         "files": [p.name for _, p in files],
     }
+    if notes:
+        prov["import_warnings"] = notes
     prov.update(provenance or {})
     return LatencyTable(
         base=base,

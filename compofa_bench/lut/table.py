@@ -84,6 +84,8 @@ class Calibration:
     fitted_on: int
     validation: dict[str, Any] = field(default_factory=dict)
     scale_by_resolution: dict[int, float] = field(default_factory=dict)
+    #: the device whose end-to-end measurements it was fitted on (None: unknown, older files)
+    device: str | None = None
 
     def __post_init__(self) -> None:
         # JSON object keys are strings; normalize so lookups by int resolution always hit.
@@ -124,6 +126,7 @@ class Calibration:
             "scale": self.scale,
             "scale_by_resolution": {str(r): s for r, s in self.scale_by_resolution.items()},
             "fitted_on": self.fitted_on,
+            "device": self.device,
             "validation": self.validation,
         }
 
@@ -485,6 +488,8 @@ def _calibration_from_json(raw: Any, source: str) -> Calibration | None:
             validation=dict(raw.get("validation") or {}),
             # absent in tables written before per-resolution calibration: the global form
             scale_by_resolution=dict(raw.get("scale_by_resolution") or {}),
+            # older files kept the device only inside the validation figures
+            device=raw.get("device") or (raw.get("validation") or {}).get("device"),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LutError(f"{source}: invalid calibration ({exc})") from None

@@ -188,14 +188,21 @@ def validate_table(
     plot: str | Path | None = None,
     show_progress: bool = True,
     resolutions: Sequence[int] | None = None,
+    out: str | Path | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Measure ``n_sample`` random archs end to end and compare with the table.
 
     With ``n_calibrate`` > 0, that many *other* archs are measured too (interleaved in time
     with the validation archs), a calibration is fitted on them (one scale per resolution when
-    each has at least 2 of them, see :func:`fit_calibration`), evaluated on the ``n_sample``
-    validation archs, and stored in the table file. ``report["bias_by_resolution"]`` holds the
-    mean signed error per resolution, uncalibrated and calibrated."""
+    each has at least 2 of them, see :func:`fit_calibration`) and evaluated on the ``n_sample``
+    validation archs. The calibrated table (recording the device it was fitted on) is written
+    to ``out`` when given, never over ``lut_path``; without ``out`` nothing is written and the
+    calibration is only reported. ``report["bias_by_resolution"]`` holds the mean signed error
+    per resolution, uncalibrated and calibrated.
+
+    A table (or a calibration) from a device other than ``device`` gives a line in
+    ``report["warnings"]``, or a LutError under ``strict``."""
     from compofa_bench import spaces
     from compofa_bench.devices import DeviceSpec, load_device
 
@@ -203,8 +210,16 @@ def validate_table(
         raise LutError("--sample must be at least 2")
     if n_calibrate < 0 or 0 < n_calibrate < 3:
         raise LutError("--calibrate needs at least 3 archs (or 0 for none)")
+    from compofa_bench.lut.provenance import device_mismatches, enforce
+
+    if out is not None and Path(out).resolve() == Path(lut_path).resolve():
+        raise LutError(
+            f"--out {out} is the input table: a calibration is written to another file, "
+            "never over the table it was fitted for"
+        )
     table = LatencyTable.load(lut_path)
     spec = device if isinstance(device, DeviceSpec) else load_device(device)
+    warnings = enforce(device_mismatches(table, spec.name, str(lut_path)), strict)
     space = spaces.get(space_name)
     # Validate where the table claims to work: every resolution it holds (unless narrowed).
     space = space.with_resolutions(resolutions or table.resolutions)
@@ -240,6 +255,7 @@ def validate_table(
         "n": n_sample,
         "seed": seed,
         "table_device": table.provenance.get("device"),
+        "warnings": warnings,
         "measurement": cost,
         "uncalibrated": metrics(raw_val, m_val),
         "bias_by_resolution": bias,
@@ -261,11 +277,13 @@ def validate_table(
         note = _form_note(fit, counts, space.resolutions)
         calib = replace(
             fit,
+            device=spec.name,
             validation={**figures, "device": spec.name, "seed": seed,
                         "bias_by_resolution": {str(r): b for r, b in bias.items()},
                         "fit_set_metrics_uncalibrated": metrics(raw_cal, m_cal)},
         )  # fmt: skip
-        table.with_calibration(calib).save(lut_path)
+        if out is not None:
+            table.with_calibration(calib).save(out)
         report["calibrated"] = figures
         report["calibration"] = {
             "form": fit.form,
@@ -274,7 +292,9 @@ def validate_table(
             "scale_by_resolution": dict(fit.scale_by_resolution),
             "fitted_on": n_calibrate,
             "fit_archs_by_resolution": counts,
+            "device": spec.name,
             "note": note,
+            "written_to": None if out is None else str(out),
         }
         for row, c in zip(report["archs"], calibrated, strict=True):
             row["calibrated_ms"] = float(c)
@@ -286,6 +306,7 @@ def validate_table(
             m_val,
             plot,
             calibrated=calibrated,
+            resolutions=r_val,
             title=f"{Path(lut_path).name} on {spec.name} ({n_sample} archs)",
         )
         report["plot"] = str(plot)
