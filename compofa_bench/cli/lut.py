@@ -19,6 +19,7 @@ from compofa_bench.cli.common import (
 )
 from compofa_bench.cli.profile import add_protocol_args, protocol_overrides
 from compofa_bench.errors import LutError
+from compofa_bench.lut.methods import DEFAULT_METHOD, METHODS
 
 DESCRIPTION = """\
 Latency lookup tables: measure every distinct layer a space needs once on a device, then
@@ -75,6 +76,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="table JSON to write")
     p.add_argument("--store", default="results.db", help="results store (default results.db)")
+    m = p.add_argument_group("build method (docs/lut.md, 'Build methods')")
+    m.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default=DEFAULT_METHOD,
+        help="how layers are timed: "
+        + "; ".join(f"{k}: {v}" for k, v in METHODS.items())
+        + f" (default {DEFAULT_METHOD})",
+    )
+    m.add_argument("--copies", type=int, default=4, help="chain: copies per chain (default 4)")
+    m.add_argument(
+        "--fit-archs",
+        type=int,
+        default=24,
+        help="learned: archs measured end to end for the fit (default 24)",
+    )
+    m.add_argument("--seed", type=int, default=0, help="learned: which fit archs (default 0)")
     add_protocol_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)
@@ -446,8 +464,10 @@ def _bias_view(bias: dict) -> Table:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from compofa_bench.lut.build import build_table
+    from compofa_bench.lut.methods import BuildMethod
 
     space = spaces.get(args.space, args.resolutions)
+    method = BuildMethod(args.method, copies=args.copies, n_fit=args.fit_archs, seed=args.seed)
     table, summary = build_table(
         device=args.device,
         space=space,
@@ -457,15 +477,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         store_path=args.store,
         out=Path(args.out),
         protocol_overrides=protocol_overrides(args),
+        method=method,
     )
     if args.json:
         print_json(summary)
         return 0
     out = console()
     out.print(
-        f"measured {summary['layers']} layers ({summary['measured_now']} new, "
-        f"{summary['reused']} from the store) at {len(table.resolutions)} resolutions "
-        f"in {summary['device_s']:.1f} s of device time -> {args.out}"
+        f"{summary['layers']} layers by method {method.name}: {summary['probes']} probes "
+        f"({summary['measured_now']} new, {summary['reused']} from the store) at "
+        f"{len(table.resolutions)} resolutions in {summary['device_s']:.1f} s of device time "
+        f"-> {args.out}"
     )
     return 0
 

@@ -1,9 +1,10 @@
 """Build a latency table on a device: measure every distinct layer a space needs.
 
-Layers are measured as isolated single-layer models (``supernet.build_layer``), through the
-same adapter, protocol, results store and resumable loop as ``profile``
-(:func:`compofa_bench.profile.measure_workloads`). Nothing here knows which runtime runs
-them: a table for TFLite, Android or a GPU is built by pointing at another device.
+Layers are measured by a build method (:mod:`compofa_bench.lut.methods`: isolated
+single-layer models by default, or chains, neighbour pairs, blocks, an empty-model correction
+or a learned correction), through the same adapter, protocol, results store and resumable
+loop as ``profile`` (:func:`compofa_bench.profile.measure_workloads`). Nothing here knows which
+runtime runs them: a table for TFLite, Android or a GPU is built by pointing at another device.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from compofa_bench import __version__
 from compofa_bench.errors import LutError
 from compofa_bench.lut.keys import layout
 from compofa_bench.lut.layers import unique_layers
+from compofa_bench.lut.methods import BuildMethod, Plan, Probe, make_plan
 from compofa_bench.lut.table import LatencyTable, LutEntry
-from compofa_bench.spaces import SearchSpace
+from compofa_bench.spaces import Arch, SearchSpace
 from compofa_bench.supernet.geometry import LayerSpec
 
 if TYPE_CHECKING:
@@ -45,36 +47,34 @@ class LayerJobSpec:
         return f"layer-{self.base}-{self.key_style}-b{self.batch_size}-{key}"
 
 
-def layer_jobs(
+def probe_jobs(
+    plan: Plan,
     layers: dict[int, dict[str, LayerSpec]],
     ident: LayerJobSpec,
     *,
     space: str | None = None,
     width_mult: float | None = None,
 ) -> list[Job]:
-    """One job per distinct layer key (a key several resolutions share is measured once)."""
+    """One job per probe of ``plan``. A single layer's cache key is its layer key (as tables
+    built before methods existed), so every method reuses the isolated layers in the store."""
     from compofa_bench.adapters.base import Workload
     from compofa_bench.profile import Job
 
-    seen: dict[str, Job] = {}
-    for r, keyed in layers.items():
-        for key, spec in keyed.items():
-            if key in seen:
-                continue
-            ck = ident.cache_key(key)
+    resolution = {k: r for r, keyed in layers.items() for k in keyed}
+    jobs = []
+    for probe in plan.probes.values():
+        ck = ident.cache_key(probe.name)
 
-            def build(spec: LayerSpec = spec, key: str = key, ck: str = ck) -> Workload:
-                from compofa_bench import supernet
+        def build(probe: Probe = probe, ck: str = ck) -> Workload:
+            return Workload(probe.name, probe.module(), probe.input_shape(ident.batch_size), ck)
 
-                module = supernet.build_layer(spec)
-                return Workload(key, module, supernet.layer_input_shape(spec, ident.batch_size), ck)
-
-            seen[key] = Job(
-                key=key, cache_key=ck, build=build, kind=LAYER_KIND, space=space,
-                resolution=r, width_mult=width_mult,
-                meta={"base": ident.base, "layer_kind": spec.kind},
-            )  # fmt: skip
-    return list(seen.values())
+        meta = {"base": ident.base, "layer_kind": probe.specs[-1].kind, "probe": probe.kind}
+        job = Job(
+            key=probe.name, cache_key=ck, build=build, kind=LAYER_KIND, space=space,
+            resolution=resolution.get(probe.keys[-1]), width_mult=width_mult, meta=meta,
+        )  # fmt: skip
+        jobs.append(job)
+    return jobs
 
 
 def stored_layer_stats(
@@ -109,6 +109,8 @@ def build_table(
     show_progress: bool = True,
     adapter: Adapter | None = None,
     protocol_overrides: Mapping[str, Any] | None = None,
+    method: BuildMethod | str | None = None,
+    fit_archs: list[Arch] | None = None,
 ) -> tuple[LatencyTable, dict[str, Any]]:
     """Measure the layers of ``space`` (at its resolutions) on ``device`` and return the table
     and a summary; write the table to ``out`` when given. Resumable: layers the store holds for
@@ -116,7 +118,12 @@ def build_table(
 
     ``protocol_overrides`` change the device's protocol for the layers (``Protocol`` fields;
     ``None`` values are ignored): a layer runs in well under a millisecond, so a shorter
-    minimum time than a network's still gives it hundreds of timed runs."""
+    minimum time than a network's still gives it hundreds of timed runs.
+
+    ``method`` (a :class:`~compofa_bench.lut.methods.BuildMethod` or its name; default
+    ``methods.DEFAULT_METHOD``) says which probes are timed and how they become per-layer
+    latencies; ``fit_archs`` replaces the archs the ``learned`` method measures end to end
+    (with the device's own protocol, as ``lut validate`` measures networks)."""
     from compofa_bench.devices import DeviceSpec, load_device, open_adapter
     from compofa_bench.profile import device_fingerprint, measure_workloads
     from compofa_bench.store import ResultStore
@@ -128,7 +135,11 @@ def build_table(
     lay = layout(space.base)
     layers = unique_layers(space, width_mult=width_mult, n_classes=n_classes)
     ident = LayerJobSpec(space.base, lay.key_style, protocol.batch_size)
-    jobs = layer_jobs(layers, ident, space=space.name, width_mult=width_mult)
+    how = method if isinstance(method, BuildMethod) else BuildMethod(method or BuildMethod.name)
+    plan = make_plan(
+        how, space, layers, width_mult=width_mult, n_classes=n_classes, fit_archs=fit_archs
+    )
+    jobs = probe_jobs(plan, layers, ident, space=space.name, width_mult=width_mult)
 
     own_adapter = adapter is None
     adp = open_adapter(spec) if adapter is None else adapter
@@ -139,6 +150,15 @@ def build_table(
                 jobs, adp, store, protocol, device_name=spec.name, show_progress=show_progress
             )
             measured = stored_layer_stats(store, run.fingerprint_hash, run.protocol_hash)
+        fit_ms, fit_cost = None, None
+        if plan.fit_archs:
+            from compofa_bench.lut.validate import measure_archs
+
+            fit_ms, fit_cost = measure_archs(
+                plan.fit_archs, spec, store_path, space=space.name, base=space.base,
+                width_mult=width_mult, n_classes=n_classes, batch_size=protocol.batch_size,
+                adapter=adp, show_progress=show_progress,
+            )  # fmt: skip
         fingerprint = device_fingerprint(adp, protocol)
         described = adp.describe()
     finally:
@@ -153,18 +173,24 @@ def build_table(
             f"{len(failed)} of {len(jobs)} layers failed to measure on {spec.name} (kept in "
             f"the store; rerun to retry):\n  {shown}"
         )
+    missing = [p for p in plan.probes if ident.cache_key(p) not in measured]
+    if missing:
+        raise LutError(f"{len(missing)} probes have no measurement (interrupted?); rerun to finish")
+    medians = {p: measured[ident.cache_key(p)].value("median") for p in plan.probes}
+    derived = plan.combine(medians, fit_ms)
     entries: dict[int, dict[str, LutEntry]] = {}
-    missing = []
     for r, keyed in layers.items():
         entries[r] = {}
         for key in keyed:
-            entry = measured.get(ident.cache_key(key))
-            if entry is None:
-                missing.append(key)
+            iso = measured[ident.cache_key(key)]
+            value = derived[r][key]
+            if how.name == "isolated":
+                entries[r][key] = iso
             else:
-                entries[r][key] = entry
-    if missing:
-        raise LutError(f"{len(missing)} layers have no measurement (interrupted?); rerun to finish")
+                # a derived latency: its mean is the derived value too (OFA's readers sum
+                # means); count and spread are the isolated layer's
+                entries[r][key] = LutEntry(iso.count, value, iso.std_ms, value)
+    n_layers = len({k for keyed in layers.values() for k in keyed})
     provenance = {
         "source": "compofa-bench lut build",
         "compofa_bench_version": __version__,
@@ -180,9 +206,17 @@ def build_table(
         "batch_size": protocol.batch_size,
         "space": space.name,
         "resolutions": list(space.resolutions),
-        "method": "isolated single-layer models (supernet.build_layer)",
-        "layers_measured": len(jobs),
+        "method": how.to_dict(),
+        "method_details": plan.details,
+        "layers_measured": n_layers,
+        "probes_measured": len(jobs),
+        "base": space.base,
+        "width_mult": width_mult,
+        "n_classes": n_classes,
     }
+    if plan.fit_archs:
+        provenance["fit_archs"] = [a.key() for a in plan.fit_archs]
+        provenance["fit_measurement"] = fit_cost
     table = LatencyTable(
         base=space.base, width_mult=width_mult, entries=entries, n_classes=n_classes,
         statistic="median", provenance=provenance,
@@ -194,13 +228,16 @@ def build_table(
         "device": spec.name,
         "space": space.name,
         "resolutions": list(space.resolutions),
-        "layers": len(jobs),
+        "method": how.name,
+        "layers": n_layers,
+        "probes": len(jobs),
         "entries": len(table),
         "measured_now": len(run.by_status("ok")),
         "reused": len(run.by_status("skipped")),
         "device_s": round(wall_s, 3),
         "timed_s": round(run.timed_s, 3),
         "prepare_s": {k: round(v, 3) for k, v in run.prepare_totals().items()},
+        "fit_measurement": fit_cost,
         "interrupted": run.interrupted,
     }
     return table, summary

@@ -14,6 +14,7 @@ from compofa_bench.lut.table import Calibration, LatencyTable
 from compofa_bench.ranking import kendall_tau_b, spearman
 
 if TYPE_CHECKING:
+    from compofa_bench.adapters.base import Adapter
     from compofa_bench.devices import DeviceSpec
     from compofa_bench.spaces import Arch
 
@@ -136,23 +137,27 @@ def interleave_order(n_first: int, n_second: int) -> np.ndarray:
 def measure_archs(
     archs: Sequence[Arch],
     device: DeviceSpec,
-    table: LatencyTable,
     store_path: str | Path,
     *,
     space: str,
+    base: str,
+    width_mult: float,
+    n_classes: int,
+    batch_size: int,
+    adapter: Adapter | None = None,
     show_progress: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """End-to-end median latency of ``archs`` at the table's width and batch size, through
-    ``profile`` (so archs the store holds are not measured again), and what the run cost."""
+    """End-to-end median latency of ``archs`` (in order), through ``profile`` (so archs the
+    store holds are not measured again), and what the run cost."""
     from compofa_bench.profile import profile_archs
     from compofa_bench.store import ResultStore
 
-    batch = int(table.provenance.get("batch_size", device.protocol.batch_size))
     with ResultStore(store_path) as store:
         (run,) = profile_archs(
-            archs, [device], store, space=space, base=table.base,
-            width_mult=table.width_mult, n_classes=table.n_classes,
-            protocol_overrides={"batch_size": batch}, show_progress=show_progress,
+            archs, [device], store, space=space, base=base,
+            width_mult=width_mult, n_classes=n_classes,
+            protocol_overrides={"batch_size": batch_size}, show_progress=show_progress,
+            adapters=None if adapter is None else [adapter],
         )  # fmt: skip
         failed = run.by_status("failed")
         if failed:
@@ -161,7 +166,7 @@ def measure_archs(
             )
         found = store.lookup_many(
             [a.key() for a in archs], fingerprint_hash=run.fingerprint_hash,
-            protocol_hash=run.protocol_hash, width_mult=table.width_mult, batch_size=batch,
+            protocol_hash=run.protocol_hash, width_mult=width_mult, batch_size=batch_size,
             kind="network",
         )  # fmt: skip
     missing = [a.key() for a in archs if a.key() not in found]
@@ -175,6 +180,23 @@ def measure_archs(
         "prepare_s": {k: round(v, 3) for k, v in run.prepare_totals().items()},
     }
     return np.array([found[a.key()] for a in archs]), cost
+
+
+def measure_for_table(
+    archs: Sequence[Arch],
+    device: DeviceSpec,
+    table: LatencyTable,
+    store_path: str | Path,
+    *,
+    space: str,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`measure_archs` at the table's base, width, classes and batch size."""
+    batch = int(table.provenance.get("batch_size", device.protocol.batch_size))
+    return measure_archs(
+        archs, device, store_path, space=space, base=table.base, width_mult=table.width_mult,
+        n_classes=table.n_classes, batch_size=batch, show_progress=show_progress,
+    )  # fmt: skip
 
 
 def validate_table(
@@ -234,7 +256,7 @@ def validate_table(
     # measurement interleaves the two sets so that drift cannot bias the calibration.
     val, cal = archs[:n_sample], archs[n_sample:]
     order = interleave_order(n_sample, n_calibrate)
-    in_order, cost = measure_archs(
+    in_order, cost = measure_for_table(
         [archs[i] for i in order], spec, table, store_path, space=space.name,
         show_progress=show_progress,
     )  # fmt: skip
