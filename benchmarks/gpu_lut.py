@@ -55,6 +55,7 @@ def main() -> None:
     report = validate_table(
         out, spec, "compofa", n_sample=args.sample, n_calibrate=args.calibrate,
         seed=args.seed, store_path=args.store,
+        out=out.with_name(f"{out.stem}-calibrated{out.suffix}") if args.calibrate else None,
         plot=Path(args.summary or f"benchmarks/results/gpu_lut_{args.device}").with_suffix(".png"),
     )  # fmt: skip
     summary = {

@@ -4,7 +4,7 @@ Steps (all store-backed, so a rerun reuses every finished measurement):
  1. build the CompOFA table at 4 resolutions on DEVICE (isolated single-layer models);
  2. validate it on N random CompOFA archs measured end to end, with a calibration fitted on
     M *other* archs measured interleaved with them (one scale per resolution when each has at
-    least 2; stored in the table), and the mean error per resolution before and after it;
+    least 2; written to <out>-calibrated.json), and the mean error per resolution before and after it;
  3. estimate the device time of measuring all 972 CompOFA networks end to end from the
     measured per-network cost (wall time of the validate run / archs measured);
  4. build the OFA-space table at the same resolutions (reusing the CompOFA layers) and report
@@ -78,6 +78,7 @@ def main() -> None:
     report = validate_table(
         out, device, "compofa", n_sample=args.sample, n_calibrate=args.calibrate,
         seed=args.seed, store_path=args.store, plot=plot,
+        out=out.with_name(f"{out.stem}-calibrated{out.suffix}") if args.calibrate else None,
     )  # fmt: skip
     validate_wall = time.perf_counter() - t0
     cost = report["measurement"]

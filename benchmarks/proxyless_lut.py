@@ -65,9 +65,12 @@ def main() -> None:
     print("build:", json.dumps(build), flush=True)
 
     t0 = time.perf_counter()
+    # validate never writes over its input: the calibrated table goes next to it
+    calibrated = out.with_name(f"{out.stem}-calibrated{out.suffix}")
     report = validate_table(
         out, device, "compofa-proxyless", n_sample=args.sample, n_calibrate=args.calibrate,
         seed=args.seed, store_path=args.store, plot=args.plot,
+        out=calibrated if args.calibrate else None,
     )  # fmt: skip
     validate_wall = time.perf_counter() - t0
     cost = report["measurement"]
@@ -75,7 +78,8 @@ def main() -> None:
     print("validate:", json.dumps(report["uncalibrated"]), flush=True)
 
     # Exhaustive search: targets spread over the range of the table's (calibrated) predictions.
-    search_info = _search(space, LatencyTable.load(out), args.width_mult, args.repeat)
+    searched = calibrated if args.calibrate else out
+    search_info = _search(space, LatencyTable.load(searched), args.width_mult, args.repeat)
     # Side by side in the same run: the MobileNetV3 CompOFA space on its committed table.
     mbv3_lut = Path("lookup_tables/cpu-ort-1t-compofa.json")
     mbv3_info = None
