@@ -214,3 +214,22 @@ def test_import_names_layers_a_partial_file_lacks(note10_dir, tmp_path, capsys):
     out.unlink()
     assert main([*args, "--strict"]) == 2
     assert "error:" in capsys.readouterr().err and not out.exists()
+
+
+def test_search_output_names_a_prediction_that_missed_its_measurement(capsys):
+    from compofa_bench.cli.search import print_search
+
+    def target(t: float, predicted: float, measured: float) -> dict:
+        return {"target_ms": t, "feasible": True, "predicted_latency_ms": predicted,
+                "predicted_accuracy": 0.7, "measured_latency_ms": measured,
+                "measured_device": "cpu-ort-1t", "key": f"arch{t:g}"}  # fmt: skip
+
+    doc = {"unit": "ms", "accuracy_is_proxy": False, "space": "compofa", "method": "exhaustive",
+           "resolutions": [224], "width_mult": 1.0, "search_seconds": 0.01,
+           "accuracy_source": "p", "constraint_source": "lut", "weights": "random",
+           "targets": [target(3, 2.50, 3.51), target(5, 4.9, 5.0)]}  # fmt: skip
+    print_search(doc, "out")
+    out = capsys.readouterr().out
+    assert "3.51 (-29%)" in out and "5.00 (-2%)" in out
+    (miss,) = [line for line in out.splitlines() if "missed by more than 10%" in line]
+    assert "predicted 2.50 ms, measured 3.51 ms on cpu-ort-1t" in miss

@@ -270,5 +270,5 @@ def print_search(doc: dict, out_dir: str) -> None:
         and abs(i["predicted_latency_ms"] / i["measured_latency_ms"] - 1) > 0.10
     ]
     for miss in misses:
-        out.print(f"[yellow]prediction missed by more than 10%: {miss}[/yellow]")
+        out.print(f"[yellow]prediction missed by more than 10%: {miss}[/yellow]", soft_wrap=True)
     out.print(f"wrote {out_dir}/search.json, pareto.json, pareto.png and one folder per target")
