@@ -71,6 +71,24 @@ def test_validate_warns_or_refuses_a_table_from_another_device(workdir, capsys):
 
 
 @pytest.mark.slow
+def test_validate_names_a_fingerprint_that_differs_under_the_same_device_name(workdir, capsys):
+    # what a table built under this device name on another host carries
+    table = LatencyTable.load(workdir / "t.json")
+    table.provenance["fingerprint_hash"] = "0123456789abcdef"
+    table.provenance["fingerprint"]["stable"]["cpu_model"] = "Some Other CPU"
+    lut = workdir / "other-host.json"
+    table.save(lut)
+    assert main(_validate_args(workdir, lut, "--json")) == 0
+    captured = capsys.readouterr()
+    (line,) = [x for x in captured.err.splitlines() if x.startswith("warning:")]
+    assert "0123456789abcdef" in line and "cpu_model: 'Some Other CPU' then" in line
+    assert json.loads(captured.out)["warnings"] == [line.removeprefix("warning: ")]
+    assert main(_validate_args(workdir, lut, "--strict")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "Some Other CPU" in err[0]
+
+
+@pytest.mark.slow
 def test_calibration_is_printed_not_written_without_out(workdir, capsys):
     lut = workdir / "t.json"
     before = lut.read_bytes()

@@ -10,7 +10,7 @@ Each check returns human lines that name both sides; callers show them as warnin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compofa_bench.errors import LutError
 
@@ -45,6 +45,37 @@ def device_mismatches(
         )
         if line not in out:
             out.append(line)
+    return out
+
+
+def fingerprint_mismatches(
+    table: LatencyTable, fingerprint_now: dict[str, Any], what: str = "the table"
+) -> list[str]:
+    """A line when the table's stable fingerprint (host CPU, cores, OS, runtime and its
+    settings) differs from the device's now, naming the fields that differ: the same device
+    name on another host, or after a runtime upgrade, is not the same device."""
+    then_hash = table.provenance.get("fingerprint_hash")
+    now_hash = fingerprint_now.get("stable_hash")
+    if not then_hash or not now_hash or then_hash == now_hash:
+        return []
+    then = _flat((table.provenance.get("fingerprint") or {}).get("stable") or {})
+    now = _flat(fingerprint_now.get("stable") or {})
+    diffs = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    shown = "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in diffs[:3])
+    more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return [
+        f"{what} was measured with device fingerprint {then_hash}, the device in use has "
+        f"{now_hash}: {shown or 'the stored fingerprint has no details'}{more}"
+    ]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 

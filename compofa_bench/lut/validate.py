@@ -190,12 +190,14 @@ def measure_for_table(
     *,
     space: str,
     show_progress: bool = True,
+    adapter: Adapter | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`measure_archs` at the table's base, width, classes and batch size."""
     batch = int(table.provenance.get("batch_size", device.protocol.batch_size))
     return measure_archs(
         archs, device, store_path, space=space, base=table.base, width_mult=table.width_mult,
         n_classes=table.n_classes, batch_size=batch, show_progress=show_progress,
+        adapter=adapter,
     )  # fmt: skip
 
 
@@ -223,16 +225,18 @@ def validate_table(
     calibration is only reported. ``report["bias_by_resolution"]`` holds the mean signed error
     per resolution, uncalibrated and calibrated.
 
-    A table (or a calibration) from a device other than ``device`` gives a line in
-    ``report["warnings"]``, or a LutError under ``strict``."""
-    from compofa_bench import spaces
-    from compofa_bench.devices import DeviceSpec, load_device
+    A table (or a calibration) from a device other than ``device``, or a table of the same
+    device name whose fingerprint (host CPU, cores, OS, runtime and settings) differs from the
+    device's now, gives a line in ``report["warnings"]``, or a LutError under ``strict``
+    (before anything is measured)."""
+    from compofa_bench.devices import DeviceSpec, load_device, open_adapter
+    from compofa_bench.lut.provenance import device_mismatches, enforce, fingerprint_mismatches
+    from compofa_bench.profile import device_fingerprint
 
     if n_sample < 2:
         raise LutError("--sample must be at least 2")
     if n_calibrate < 0 or 0 < n_calibrate < 3:
         raise LutError("--calibrate needs at least 3 archs (or 0 for none)")
-    from compofa_bench.lut.provenance import device_mismatches, enforce
 
     if out is not None and Path(out).resolve() == Path(lut_path).resolve():
         raise LutError(
@@ -242,6 +246,37 @@ def validate_table(
     table = LatencyTable.load(lut_path)
     spec = device if isinstance(device, DeviceSpec) else load_device(device)
     warnings = enforce(device_mismatches(table, spec.name, str(lut_path)), strict)
+    adapter = open_adapter(spec)
+    try:
+        if table.provenance.get("device") == spec.name:  # same name: same host and runtime?
+            now = device_fingerprint(adapter, spec.protocol)
+            warnings += enforce(fingerprint_mismatches(table, now, str(lut_path)), strict)
+        return _validate(
+            table, spec, adapter, lut_path, space_name, n_sample, n_calibrate, seed,
+            store_path, plot, show_progress, resolutions, out, warnings,
+        )  # fmt: skip
+    finally:
+        adapter.close()
+
+
+def _validate(
+    table: LatencyTable,
+    spec: DeviceSpec,
+    adapter: Adapter,
+    lut_path: str | Path,
+    space_name: str,
+    n_sample: int,
+    n_calibrate: int,
+    seed: int,
+    store_path: str | Path,
+    plot: str | Path | None,
+    show_progress: bool,
+    resolutions: Sequence[int] | None,
+    out: str | Path | None,
+    warnings: list[str],
+) -> dict[str, Any]:
+    from compofa_bench import spaces
+
     space = spaces.get(space_name)
     # Validate where the table claims to work: every resolution it holds (unless narrowed).
     space = space.with_resolutions(resolutions or table.resolutions)
@@ -258,7 +293,7 @@ def validate_table(
     order = interleave_order(n_sample, n_calibrate)
     in_order, cost = measure_for_table(
         [archs[i] for i in order], spec, table, store_path, space=space.name,
-        show_progress=show_progress,
+        show_progress=show_progress, adapter=adapter,
     )  # fmt: skip
     measured = np.empty(len(archs))
     measured[order] = in_order
