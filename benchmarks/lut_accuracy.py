@@ -288,6 +288,10 @@ def main() -> None:
             "build": builds[name],
             "predicted_ms": raw_val.tolist(),
         }
+        if "isolated" in tables:
+            # what this method's correction is worth: its layer sum against isolated layers'
+            iso = tables["isolated"].predict_ms(val, calibrated=False)
+            results[name]["mean_change_vs_isolated"] = float(np.mean(raw_val / iso - 1))
     doc = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": spec.name,
@@ -330,7 +334,7 @@ def print_table(doc: dict) -> None:
     )
     head = (
         f"{'method':<11} {'RMSPE':>7} {'±5%':>5} {'±10%':>5} {'Spear.':>7} | "
-        f"{'cal RMSPE':>9} {'±5%':>5} {'±10%':>5} {'Spear.':>7} | {'build':>6}"
+        f"{'cal RMSPE':>9} {'±5%':>5} {'±10%':>5} {'Spear.':>7} | {'build':>6} {'vs iso':>7}"
     )
     print(head)
     for name, r in doc["methods"].items():
@@ -339,7 +343,8 @@ def print_table(doc: dict) -> None:
             f"{name:<11} {u['rmspe']:>7.2%} {u['within_5pct']:>5.0%} {u['within_10pct']:>5.0%} "
             f"{u['spearman']:>7.4f} | {c['rmspe']:>9.2%} {c['within_5pct']:>5.0%} "
             f"{c['within_10pct']:>5.0%} {c['spearman']:>7.4f} | "
-            f"{r['build']['share_of_all_compofa_e2e']:>6.1%}"
+            f"{r['build']['share_of_all_compofa_e2e']:>6.1%} "
+            f"{r.get('mean_change_vs_isolated', float('nan')):>+7.1%}"
         )
     print(f"total {doc['phases_s']['total_s']:.0f} s ({doc['phases_s']})")
 

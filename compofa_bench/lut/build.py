@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from compofa_bench import __version__
 from compofa_bench.errors import LutError
 from compofa_bench.lut.keys import layout
@@ -178,6 +180,14 @@ def build_table(
         raise LutError(f"{len(missing)} probes have no measurement (interrupted?); rerun to finish")
     medians = {p: measured[ident.cache_key(p)].value("median") for p in plan.probes}
     derived = plan.combine(medians, fit_ms)
+    # what the method's correction is worth, for the provenance and the method comparison
+    ratios = [derived[r][k] / medians[k] for r, keyed in layers.items() for k in keyed]
+    plan.details["median_ratio_to_isolated"] = float(np.median(ratios))
+    empties = {p.keys[0]: medians[n] for n, p in plan.probes.items() if p.kind == "empty"}
+    if empties:
+        plan.details["empty_model_ms"] = {
+            str(r): empties[k] for r, keyed in layers.items() for k in keyed if k in empties
+        }
     entries: dict[int, dict[str, LutEntry]] = {}
     for r, keyed in layers.items():
         entries[r] = {}
