@@ -108,8 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--strict",
         action="store_true",
-        help="refuse a --lut table (or its calibration) from another device than --device "
-        "(default: a warning naming both)",
+        help="refuse a --lut table (or its calibration) from another device than --device, "
+        "or a calibration fitted on another device than the table's layers (default: a "
+        "warning naming both)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
@@ -134,7 +135,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.macs is not None and (args.lut or args.measure_latency):
         raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
-    if args.lut and args.device:
+    if args.lut:
         _check_table_device(args.lut, args.device, args.strict)
     job = X.SearchJob(
         space=args.space,
@@ -200,15 +201,16 @@ def _measured_cell(item: dict, predicted_ms: float | None) -> str:
     return f"{measured:.2f} ({predicted_ms / measured - 1:+.0%})"
 
 
-def _check_table_device(lut: str, device: str, strict: bool) -> None:
+def _check_table_device(lut: str, device: str | None, strict: bool) -> None:
     """Warn (or refuse, --strict) when the table comes from another device than the one the
-    winners are measured on: its predictions describe the other device."""
+    winners are measured on (its predictions describe the other device), or its calibration
+    from another device than its layers."""
     from compofa_bench.cli.lut import warn
     from compofa_bench.devices import load_device
     from compofa_bench.lut import LatencyTable
     from compofa_bench.lut.provenance import device_mismatches, enforce
 
-    name = load_device(device).name
+    name = load_device(device).name if device else None
     warn(enforce(device_mismatches(LatencyTable.load(lut), name, lut), strict))
 
 

@@ -21,30 +21,29 @@ if TYPE_CHECKING:
 def device_mismatches(
     table: LatencyTable, device: str | None, what: str = "the table"
 ) -> list[str]:
-    """Lines for each way ``table`` does not come from ``device`` (empty when it does, or when
-    either side is unknown). ``what`` names the table in the lines (a path, usually)."""
-    if not device:
-        return []
+    """Lines for each way ``table`` does not come from ``device`` (the device in use; None:
+    unknown), and for a calibration fitted on another device than the table's layers (checked
+    even without ``device``). Empty when everything agrees or a side is unknown. ``what``
+    names the table in the lines (a path, usually)."""
     out = []
     built_on = table.provenance.get("device")
-    if built_on and built_on != device:
+    cal = table.calibration
+    cal_on = cal.device if cal is not None else None
+    if device and built_on and built_on != device:
         out.append(
             f"{what} was measured on device {built_on!r}, but the device in use is {device!r}: "
             "its latencies describe the other device"
         )
-    cal = table.calibration
-    if cal is not None and cal.device and cal.device != device:
+    if device and cal_on and cal_on != device:
         out.append(
-            f"{what}'s calibration was fitted on device {cal.device!r}, but the device in use "
+            f"{what}'s calibration was fitted on device {cal_on!r}, but the device in use "
             f"is {device!r}"
         )
-    if cal is not None and cal.device and built_on and cal.device != built_on:
-        line = (
-            f"{what}'s calibration was fitted on device {cal.device!r}, but its layers were "
+    if cal_on and built_on and cal_on != built_on and cal_on != device:
+        out.append(
+            f"{what}'s calibration was fitted on device {cal_on!r}, but its layers were "
             f"measured on {built_on!r}"
         )
-        if line not in out:
-            out.append(line)
     return out
 
 
