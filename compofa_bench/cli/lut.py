@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "exactly as `profile` measures networks. Store-backed and resumable: rerun the same "
         "command after Ctrl-C. A layer runs in well under a millisecond, so a shorter protocol "
         "than a network's (--min-seconds, --warmup-seconds) still times hundreds of runs per "
-        "layer and cuts the build time.\n\n"
+        "layer and cuts the build time. --method chooses how layers are timed (isolated, or "
+        "corrected for the per-call cost, cache state and fusion a network sees: docs/lut.md, "
+        "'Build methods'); the method is recorded in the table's provenance.\n\n"
         "Example:\n  compofa-bench lut build --device cpu-ort --space compofa "
         "--resolutions 160,176,192,224 --out lookup_tables/mine.json --store results.db "
         "--min-seconds 0.25 --warmup-seconds 0.1",
@@ -364,8 +366,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from compofa_bench.lut.provenance import device_mismatches
+
     args.lut = _table_path(args)
     table = _load(args.lut)
+    warn(device_mismatches(table, None, args.lut))
     info = {
         "base": table.base,
         "key_style": table.key_style,
