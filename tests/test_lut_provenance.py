@@ -179,7 +179,7 @@ def test_validation_plot_is_a_png_people_can_read(tmp_path):
 
 @pytest.mark.slow
 def test_show_prints_coverage_of_each_space(workdir, capsys):
-    assert main(["lut", "show", str(workdir / "t.json"), "--json"]) == 0
+    assert main(["lut", "show", "--lut", str(workdir / "t.json"), "--json"]) == 0
     cov = json.loads(capsys.readouterr().out)["coverage"]
     assert set(cov) == {"ofa", "compofa", "compofa-ek"}
     full = cov["compofa"][str(RES)]
@@ -188,7 +188,7 @@ def test_show_prints_coverage_of_each_space(workdir, capsys):
     assert ofa["present"] < ofa["needed"] and ofa["missing_example"]
     # the space's own resolutions, which the table lacks, show as uncovered
     assert cov["compofa"]["224"]["present"] == 0
-    assert main(["lut", "show", str(workdir / "t.json"), "--space", "compofa"]) == 0
+    assert main(["lut", "show", "--lut", str(workdir / "t.json"), "--space", "compofa"]) == 0
     out = capsys.readouterr().out
     assert "coverage" in out and "100%" in out
 

@@ -427,8 +427,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 name, str(r), f"{c['present']}/{c['needed']}", f"{share:.0%}",
                 c["missing_example"] or "-",
             )  # fmt: skip
-    view.columns[-1].overflow = "fold"
-    out.print(view)
+    print_table(out, view)  # a missing key stays whole, to copy
     return 0
 
 
