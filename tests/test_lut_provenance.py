@@ -255,3 +255,20 @@ def test_search_output_names_a_prediction_that_missed_its_measurement(capsys):
     assert "3.51 (-29%)" in out and "5.00 (-2%)" in out
     (miss,) = [line for line in out.splitlines() if "missed by more than 10%" in line]
     assert "predicted 2.50 ms, measured 3.51 ms on cpu-ort-1t" in miss
+
+
+def test_a_table_of_another_base_is_refused_naming_both(tmp_path, capsys):
+    lut = Path(__file__).resolve().parents[1] / "lookup_tables/cpu-ort-1t-compofa-proxyless.json"
+    write_tiny_ort_device(tmp_path, parity_check=False)
+    before = lut.read_bytes()
+    runs = [
+        ["search", "--space", "compofa", "--lut", str(lut), "--accuracy-proxy", "macs",
+         "--latency", "10", "--out", str(tmp_path / "s")],
+        ["lut", "validate", "--lut", str(lut), "--device", str(tmp_path / "dev.toml"),
+         "--space", "compofa", "--sample", "2", "--store", str(tmp_path / "s.db")],
+    ]  # fmt: skip
+    for args in runs:
+        assert main(args) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error:") and "base 'proxyless'" in line and "base 'mbv3'" in line
+    assert not (tmp_path / "s").exists() and lut.read_bytes() == before

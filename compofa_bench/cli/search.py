@@ -136,7 +136,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
     if args.lut:
-        _check_table_device(args.lut, args.device, args.strict)
+        _check_table(args.lut, args.space, args.device, args.strict)
     job = X.SearchJob(
         space=args.space,
         targets=tuple(targets),
@@ -201,17 +201,19 @@ def _measured_cell(item: dict, predicted_ms: float | None) -> str:
     return f"{measured:.2f} ({predicted_ms / measured - 1:+.0%})"
 
 
-def _check_table_device(lut: str, device: str | None, strict: bool) -> None:
-    """Warn (or refuse, --strict) when the table comes from another device than the one the
-    winners are measured on (its predictions describe the other device), or its calibration
-    from another device than its layers."""
+def _check_table(lut: str, space: str, device: str | None, strict: bool) -> None:
+    """Refuse a table of another base than the space; warn (or refuse, --strict) when it
+    comes from another device than the one the winners are measured on (its predictions
+    describe the other device), or its calibration from another device than its layers."""
     from compofa_bench.cli.lut import warn
     from compofa_bench.devices import load_device
     from compofa_bench.lut import LatencyTable
-    from compofa_bench.lut.provenance import device_mismatches, enforce
+    from compofa_bench.lut.provenance import check_space, device_mismatches, enforce
 
+    table = LatencyTable.load(lut)
+    check_space(table, spaces.get(space), lut)
     name = load_device(device).name if device else None
-    warn(enforce(device_mismatches(LatencyTable.load(lut), name, lut), strict))
+    warn(enforce(device_mismatches(table, name, lut), strict))
 
 
 def print_search(doc: dict, out_dir: str) -> None:

@@ -16,6 +16,7 @@ from compofa_bench.errors import LutError
 
 if TYPE_CHECKING:
     from compofa_bench.lut.table import LatencyTable, LutEntry
+    from compofa_bench.spaces import SearchSpace
 
 
 def device_mismatches(
@@ -76,6 +77,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def check_space(table: LatencyTable, space: SearchSpace, what: str = "the table") -> None:
+    """A LutError naming both bases when ``table`` is for another base than ``space`` (its
+    keys would otherwise fail deep in the layer layout, e.g. on stage counts)."""
+    if table.base != space.base:
+        raise LutError(
+            f"{what} is for base {table.base!r} (width {table.width_mult:g}), but space "
+            f"{space.name} is base {space.base!r}: build or import a table of that base"
+        )
 
 
 def enforce(lines: Sequence[str], strict: bool) -> list[str]:

@@ -276,8 +276,10 @@ def _validate(
     warnings: list[str],
 ) -> dict[str, Any]:
     from compofa_bench import spaces
+    from compofa_bench.lut.provenance import check_space
 
     space = spaces.get(space_name)
+    check_space(table, space, str(lut_path))
     # Validate where the table claims to work: every resolution it holds (unless narrowed).
     space = space.with_resolutions(resolutions or table.resolutions)
     rng = np.random.default_rng(seed)
