@@ -272,3 +272,20 @@ def test_a_table_of_another_base_is_refused_naming_both(tmp_path, capsys):
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("error:") and "base 'proxyless'" in line and "base 'mbv3'" in line
     assert not (tmp_path / "s").exists() and lut.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_validate_holds_out_the_archs_a_learned_table_was_fitted_on(workdir):
+    from compofa_bench.lut.validate import validate_table
+
+    drawn = spaces.get("compofa", [RES]).sample_many(3, np.random.default_rng(4))
+    table = LatencyTable.load(workdir / "t.json")
+    table.provenance["fit_archs"] = [drawn[0].key(), drawn[2].key()]  # as --method learned
+    table.save(workdir / "fitted.json")
+    report = validate_table(
+        workdir / "fitted.json", workdir / "dev.toml", "compofa", n_sample=3, seed=4,
+        store_path=workdir / "s.db", show_progress=False,
+    )  # fmt: skip
+    keys = [row["key"] for row in report["archs"]]
+    assert len(keys) == 3 == len(set(keys)) and drawn[1].key() in keys
+    assert not {drawn[0].key(), drawn[2].key()} & set(keys)

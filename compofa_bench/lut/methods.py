@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 #: comparison on a quiet host (benchmarks/RESULTS.md, "lut build methods").
 DEFAULT_METHOD = "isolated"
 
+#: Mixed into the learned method's seed so its fit archs are not `lut validate`'s archs.
+FIT_STREAM = 0x15
+
 METHODS: dict[str, str] = {
     "isolated": "each layer as its own model",
     "overhead": "isolated minus an empty model's cost (kept once, in the stem)",
@@ -78,7 +81,7 @@ class BuildMethod:
     copies: int = 4
     #: ``learned``: archs measured end to end for the fit
     n_fit: int = 24
-    #: ``learned``: which archs (``numpy.random.default_rng(seed)``) unless given to the plan
+    #: ``learned``: which archs (``default_rng([FIT_STREAM, seed])``) unless given to the plan
     seed: int = 0
     #: no derived latency below this share of the layer's isolated latency
     floor: float = 0.1
@@ -407,7 +410,9 @@ def make_plan(
 
     # learned
     if fit_archs is None:
-        fit = space.sample_many(method.n_fit, np.random.default_rng(method.seed))
+        # a stream of its own: `lut validate --seed S` draws default_rng(S), and the fit archs
+        # must not be the first validation archs
+        fit = space.sample_many(method.n_fit, np.random.default_rng([FIT_STREAM, method.seed]))
     else:
         fit = list(fit_archs)
     if len(fit) < 3:

@@ -16,7 +16,7 @@ from compofa_bench.ranking import kendall_tau_b, spearman
 if TYPE_CHECKING:
     from compofa_bench.adapters.base import Adapter
     from compofa_bench.devices import DeviceSpec
-    from compofa_bench.spaces import Arch
+    from compofa_bench.spaces import Arch, SearchSpace
 
 
 def metrics(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
@@ -284,6 +284,10 @@ def _validate(
     space = space.with_resolutions(resolutions or table.resolutions)
     rng = np.random.default_rng(seed)
     archs = space.sample_many(n_sample + n_calibrate, rng)
+    fitted = set(table.provenance.get("fit_archs") or [])
+    if fitted:
+        # a table fitted on end-to-end archs (--method learned) is scored on others only
+        archs = _held_out(space, archs, fitted, rng)
     missing = table.missing_keys(archs)
     if missing:
         raise LutError(
@@ -370,6 +374,22 @@ def _validate(
         )
         report["plot"] = str(plot)
     return report
+
+
+def _held_out(
+    space: SearchSpace, archs: list[Arch], exclude: set[str], rng: np.random.Generator
+) -> list[Arch]:
+    """``archs`` without those in ``exclude``, topped up with further draws from ``rng``."""
+    want = len(archs)
+    kept = [a for a in archs if a.key() not in exclude]
+    for _ in range(100):
+        if len(kept) >= want:
+            return kept[:want]
+        kept += [a for a in space.sample_many(want, rng) if a.key() not in exclude]
+    raise LutError(
+        f"space {space.name} has too few archs besides the {len(exclude)} the table was "
+        f"fitted on to validate on {want}"
+    )
 
 
 def _form_note(fit: Calibration, counts: dict[int, int], resolutions: Sequence[int]) -> str:
