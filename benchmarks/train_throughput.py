@@ -7,7 +7,7 @@ loss + optimizer only. Reported: images/s (batch x steps / seconds) per side and
 measured side by side in one process, alternating rounds.
 
     python benchmarks/train_throughput.py                       # CUDA, batch 256, 224 px
-    python benchmarks/train_throughput.py --amp bf16 --channels-last
+    python benchmarks/train_throughput.py --amp bf16 --channels-last --seconds 40
     python benchmarks/train_throughput.py --device cpu --batch 8 --resolution 64   # smoke only
 
 Without CUDA and without --device cpu it says so and measures nothing.
@@ -155,6 +155,13 @@ def main() -> int:
         help="run OFA's step as OFA's own training runs it (fp32, contiguous), while ours uses "
         "--amp/--channels-last: the comparison a user who switches trainers sees",
     )
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="bound the timed part to about this many seconds: steps per round are chosen "
+        "from the warm-up's step time (at least 2)",
+    )
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
@@ -174,12 +181,18 @@ def main() -> int:
             False if args.ofa_native else args.channels_last,
         ),
     }
-    for step in sides.values():
-        time_steps(step, device, args.warmup)
+    per_step = {}
+    for name, step in sides.items():
+        time_steps(step, device, max(1, args.warmup - 1))
+        per_step[name] = time_steps(step, device, 1)
+    steps = args.steps
+    if args.seconds is not None:
+        # rounds x (both sides) x steps must fit the bound, priced at the warm-up's pace.
+        steps = max(2, int(args.seconds / (args.rounds * sum(per_step.values()))))
     ips: dict[str, list[float]] = {k: [] for k in sides}
     for _ in range(args.rounds):  # alternate so drift hits both sides alike
         for name, step in sides.items():
-            ips[name].append(args.batch * args.steps / time_steps(step, device, args.steps))
+            ips[name].append(args.batch * steps / time_steps(step, device, steps))
     med = {k: float(np.median(v)) for k, v in ips.items()}
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -189,6 +202,7 @@ def main() -> int:
         "channels_last": args.channels_last,
         "ofa_native": args.ofa_native,
         "subnets_per_step": 4,
+        "steps_per_round": steps,
         "images_per_s": med,
         "ratio_ours_over_ofa": med["compofa-bench"] / med["ofa"],
         "rounds": ips,

@@ -28,8 +28,18 @@ class DemoConfig:
     seed: int = 0
     #: latency targets in ms; None picks three from the table's range (25/50/75% quantiles)
     targets: tuple[float, ...] | None = None
-    #: a predictor file (the project's own, or OFA's); None ranks by MACs, labelled a proxy
+    #: a predictor file (the project's own, or OFA's); None: the shipped Fashion-MNIST
+    #: predictor (SHIPPED_PREDICTOR) when present and real, else MACs, labelled a proxy
     predictor: str | None = None
+    #: "macs": rank by MACs (a proxy) even when a predictor is available
+    accuracy_proxy: str | None = None
+    #: a trained supernet (``compofa-bench train`` final.pt or an OFA .pth): the exported
+    #: winners carry its weights (BN recalibrated) instead of random ones
+    checkpoint: str | None = None
+    #: classes of ``checkpoint``'s head (10: Fashion-MNIST)
+    n_classes: int = 10
+    #: BN recalibration data for ``checkpoint``'s subnets
+    calib_data: str = "fashion-mnist"
     export: str = "onnx"
 
     @property
@@ -41,6 +51,41 @@ class DemoConfig:
         return str(Path(self.out_dir) / "lut.json")
 
 
+#: The accuracy predictor the project ships: trained by benchmarks/train_reproduction.py on the
+#: CompOFA supernet's measured Fashion-MNIST top-1 (predictors/fashion-mnist/README.md).
+SHIPPED_PREDICTOR = (
+    Path(__file__).resolve().parents[1] / "predictors" / "fashion-mnist" / "predictor.pt"
+)
+
+
+def accuracy_source(cfg: DemoConfig) -> tuple[str | None, str | None, str]:
+    """``(predictor path, proxy name, note)`` for the demo's search: exactly one of the first
+    two is set; the note says what ranks the subnets and why."""
+    if cfg.accuracy_proxy is not None:
+        return None, cfg.accuracy_proxy, "ranked by MACs (a proxy, not an accuracy), as asked"
+    if cfg.predictor is not None:
+        return cfg.predictor, None, f"ranked by the predictor {cfg.predictor}"
+    if SHIPPED_PREDICTOR.is_file():
+        from compofa_bench import predictor as P
+
+        pred = P.load(SHIPPED_PREDICTOR)
+        if pred.info.get("placeholder"):
+            return (
+                None,
+                "macs",
+                f"ranked by MACs (a proxy): {SHIPPED_PREDICTOR} is a placeholder from a CPU "
+                "smoke run, not a trained result",
+            )
+        return (
+            str(SHIPPED_PREDICTOR),
+            None,
+            "ranked by predicted Fashion-MNIST top-1 (the shipped predictor; trained at "
+            f"{'/'.join(map(str, pred.encoder.resolutions))} px, the search's resolutions "
+            "enter by rank order)",
+        )
+    return None, "macs", "ranked by MACs (a proxy): no predictor given or shipped"
+
+
 @dataclass
 class DemoResult:
     profile: list[Any]
@@ -48,6 +93,7 @@ class DemoResult:
     validation: dict[str, Any]
     targets: tuple[float, ...]
     search: dict[str, Any]
+    accuracy_note: str = ""
 
 
 def auto_targets(lut_path: str, space_name: str, resolutions: tuple[int, ...]) -> tuple[float, ...]:
@@ -109,17 +155,32 @@ def run_demo(
     targets = cfg.targets or auto_targets(cfg.lut, space.name, cfg.resolutions)
     if not targets:
         raise SearchError("no latency targets")
+    predictor, proxy, note = accuracy_source(cfg)
     step(
-        f"4/4 search {space.name} for targets {list(targets)} ms, export to {cfg.export} and "
-        f"measure the winners on {device.name}"
+        f"4/4 search {space.name} for targets {list(targets)} ms ({note}), export to "
+        f"{cfg.export} and measure the winners on {device.name}"
+    )
+    from compofa_bench.export import SubnetSource
+
+    source = (
+        SubnetSource(
+            checkpoint=cfg.checkpoint,
+            n_classes=cfg.n_classes,
+            calib_data=cfg.calib_data,
+            seed=cfg.seed,
+        )
+        if cfg.checkpoint
+        else SubnetSource()
     )
     job = SearchJob(
         space=space.name,
         targets=tuple(targets),
         out_dir=str(Path(cfg.out_dir) / "search"),
         lut=cfg.lut,
-        predictor=cfg.predictor,
-        accuracy_proxy=None if cfg.predictor else "macs",
+        predictor=predictor,
+        accuracy_proxy=proxy,
+        map_predictor_resolutions=True,
+        source=source,
         resolutions=cfg.resolutions,
         seed=cfg.seed,
         export=cfg.export,
@@ -127,4 +188,4 @@ def run_demo(
         store=cfg.store,
     )
     doc = run_search_job(job)
-    return DemoResult(summaries, table_summary, validation, tuple(targets), doc)
+    return DemoResult(summaries, table_summary, validation, tuple(targets), doc, note)

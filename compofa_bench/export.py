@@ -80,7 +80,16 @@ class SubnetBuilder:
             if self.source.checkpoint:
                 if not Path(self.source.checkpoint).is_file():
                     raise ExportError(f"checkpoint {self.source.checkpoint} does not exist")
-                net.load_checkpoint(self.source.checkpoint)
+                trained = _training_checkpoint(self.source.checkpoint)
+                if trained is None:
+                    net.load_checkpoint(self.source.checkpoint)
+                elif trained["n_classes"] != self.source.n_classes:
+                    raise ExportError(
+                        f"{self.source.checkpoint} was trained for {trained['n_classes']} "
+                        f"classes, not {self.source.n_classes}"
+                    )
+                else:
+                    net.load_state_dict(trained["model"])
             self._net = net.eval()
         return self._net
 
@@ -93,6 +102,17 @@ class SubnetBuilder:
 
             seen = recalibrate_bn(sub, _calib_batches(self.source, arch.resolution))
         return sub.eval(), seen
+
+
+def _training_checkpoint(path: str) -> dict[str, Any] | None:
+    """A ``compofa-bench train`` checkpoint's content, or None for other files (OFA's)."""
+    from compofa_bench.errors import TrainError
+    from compofa_bench.train import checkpoint as train_ckpt
+
+    try:
+        return train_ckpt.load(path)
+    except TrainError:
+        return None
 
 
 def _calib_batches(source: SubnetSource, resolution: int) -> Iterator[Any]:
@@ -266,6 +286,9 @@ class SearchJob:
     store: str = "results.db"
     allow_width_mismatch: bool = False
     source: SubnetSource = SubnetSource()
+    #: a predictor trained at other resolutions scores the search's by rank order
+    #: (``predictor.map_resolutions``; the demo's Fashion-MNIST predictor at 160/224 px)
+    map_predictor_resolutions: bool = False
 
 
 def _target_dir(out: Path, target: float, unit: str) -> Path:
@@ -316,9 +339,11 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
     if job.predictor is not None:
         from compofa_bench import predictor as P
 
-        pred = P.load(job.predictor)
+        pred: Any = P.load(job.predictor)
         enc = pred.encoder
-        if enc.resolution_mode == "onehot" and job.resolutions is None:
+        if job.map_predictor_resolutions:
+            pred = P.map_resolutions(pred, space.resolutions)
+        elif enc.resolution_mode == "onehot" and job.resolutions is None:
             known = [r for r in space.resolutions if r in enc.resolutions]
             if not known:
                 raise SearchError(

@@ -14,6 +14,7 @@ Prediction is batched: archs are encoded with numpy and run through one forward 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -31,7 +32,7 @@ from compofa_bench.convert import torch_threads
 from compofa_bench.encoding import ArchArrays, Encoder
 from compofa_bench.errors import ArchError, PredictorError, SpaceError
 from compofa_bench.fileio import atomic_path
-from compofa_bench.ranking import kendall_tau_b
+from compofa_bench.ranking import kendall_tau_b, spearman
 from compofa_bench.spaces import Arch
 
 FORMAT = "compofa-bench-predictor"
@@ -102,6 +103,64 @@ class AccuracyPredictor:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
         return path
+
+
+@dataclass
+class ResolutionMappedPredictor:
+    """A predictor trained at other input sizes, scoring archs at a search's sizes.
+
+    The predictor's resolution input is a one-hot over the sizes it was trained at (the
+    Fashion-MNIST predictor: 32 and 40 px). A search at 160/224 px asks about sizes it never
+    saw. This maps them by rank: the i-th smallest search resolution is scored as the
+    predictor's resolution of the same rank (spread evenly when the counts differ), so the
+    predictor ranks the architecture (depth/expand/kernel genes) and resolution enters only
+    as "bigger input, more accurate", in the order it measured. The label says so.
+    """
+
+    inner: AccuracyPredictor
+    mapping: dict[int, int]
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.inner.encoder
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.inner.info
+
+    @property
+    def label(self) -> str:
+        pairs = ", ".join(f"{a}->{b}" for a, b in sorted(self.mapping.items()))
+        return f"{self.inner.label}; resolution by rank ({pairs} px)"
+
+    def predict(self, archs: Sequence[Arch] | ArchArrays) -> np.ndarray:
+        arr = archs if isinstance(archs, ArchArrays) else ArchArrays.from_archs(archs)
+        src = np.array(sorted(self.mapping), dtype=np.int64)
+        dst = np.array([self.mapping[int(r)] for r in src], dtype=np.int64)
+        pos = np.searchsorted(src, arr.r)
+        if np.any(pos >= len(src)) or np.any(src[np.minimum(pos, len(src) - 1)] != arr.r):
+            bad = sorted(set(arr.r.tolist()) - set(self.mapping))
+            raise PredictorError(f"resolution(s) {bad} are not in the mapping {self.mapping}")
+        return self.inner.predict(dataclasses.replace(arr, r=dst[pos]))
+
+
+def map_resolutions(
+    pred: AccuracyPredictor, resolutions: Sequence[int]
+) -> AccuracyPredictor | ResolutionMappedPredictor:
+    """``pred`` itself when it knows every one of ``resolutions``; else the rank mapping
+    (:class:`ResolutionMappedPredictor`) onto the resolutions it was trained at."""
+    enc = pred.encoder
+    wanted = sorted(set(int(r) for r in resolutions))
+    if enc.resolution_mode != "onehot" or all(r in enc.resolutions for r in wanted):
+        return pred
+    known = sorted(enc.resolutions)
+    if len(wanted) == 1:
+        mapping = {wanted[0]: known[-1]}
+    else:
+        mapping = {
+            r: known[round(i * (len(known) - 1) / (len(wanted) - 1))] for i, r in enumerate(wanted)
+        }
+    return ResolutionMappedPredictor(pred, mapping)
 
 
 def load(path: str | Path) -> AccuracyPredictor:
@@ -283,6 +342,7 @@ def train_predictor(
         "n_val": int(n_val),
         "val_rmse": rmse(val_pred, y_val),
         "val_kendall_tau": kendall_tau_b(val_pred, y_val),
+        "val_spearman": spearman(val_pred, y_val),
         "train_rmse": rmse(tr_pred, y_all[tr_idx]),
         "best_epoch": best_epoch,
         "epochs_run": epoch,

@@ -104,7 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     out.print(
         f"held-out RMSE {i['val_rmse'] * 100:.3f} top-1 points, Kendall tau "
-        f"{i['val_kendall_tau']:.3f} (train RMSE {i['train_rmse'] * 100:.3f})"
+        f"{i['val_kendall_tau']:.3f}, Spearman {i['val_spearman']:.3f} "
+        f"(train RMSE {i['train_rmse'] * 100:.3f})"
     )
     out.print(f"wrote {path}")
     return 0
@@ -140,6 +141,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if "val_rmse" in pred.info:
         out.print(
             f"held-out RMSE {pred.info['val_rmse'] * 100:.3f} points, Kendall tau "
-            f"{pred.info['val_kendall_tau']:.3f} ({pred.info['n_val']} archs)"
+            f"{pred.info['val_kendall_tau']:.3f}"
+            + (f", Spearman {pred.info['val_spearman']:.3f}" if "val_spearman" in pred.info else "")
+            + f" ({pred.info['n_val']} archs)"
         )
     return 0

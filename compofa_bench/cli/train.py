@@ -16,7 +16,9 @@ compofa-ek, fofa, fofa-n4, fofa-sandwich). Each recipe is a list of phases; --sc
 every phase's epochs, so the same recipe runs as a smoke test or the paper's schedule.
 
 The run directory holds checkpoint.pt (written at every epoch end and on SIGTERM/Ctrl-C),
-teacher.pt (after a teacher phase), final.pt, recipe.json and metrics.jsonl.
+teacher.pt (after a teacher phase), final.pt, recipe.json, metrics.jsonl and, at the end,
+train_curves.png (loss and batch accuracy per step). Progress shows one bar per phase (its
+ETA) and one per epoch (loss, batch accuracy, lr, images/s).
 n_classes comes from the data (10 for Fashion-MNIST).
 
 Examples:
@@ -82,6 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a trained teacher (teacher.pt/final.pt): skip the recipe's teacher phases",
     )
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument(
+        "--data-on-device",
+        action="store_true",
+        help="Fashion-MNIST: hold the training set on the device and augment per batch there "
+        "(no data loader; the fast path on a GPU)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument(
         "--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (GPU)"
@@ -126,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         teacher_checkpoint=args.teacher,
         max_steps=args.max_steps,
         log_every=args.log_every,
+        data_on_device=args.data_on_device,
         quiet=args.quiet or args.json,
     )
     try:
@@ -135,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 143
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 reports for all
+    curves = _plot_curves(result.out, recipe.name)
     summary = {
         "out": str(result.out),
         "finished": result.final_path is not None,
@@ -142,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "phase": result.position.phase,
         "global_step": result.position.global_step,
         "last_loss": result.last_loss,
+        "curves": None if curves is None else str(curves),
     }
     if args.json:
         print_json(summary)
@@ -153,3 +164,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"continue with --resume"
         )
     return 0
+
+
+def _plot_curves(out: Path, name: str) -> Path | None:
+    """``train_curves.png`` in the run directory, from its metrics.jsonl (None when empty)."""
+    from compofa_bench.train.curves import plot_curves, read_metrics
+    from compofa_bench.train.trainer import METRICS
+
+    if not (out / METRICS).is_file():
+        return None
+    rows = read_metrics(out / METRICS)
+    if not rows:
+        return None
+    return plot_curves({name: rows}, out / "train_curves.png", title=f"{name}: {out}")

@@ -63,6 +63,12 @@ class TrainConfig:
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
     log_every: int = 10
     quiet: bool = False
+    #: Fashion-MNIST only: keep the whole training set on the device and augment per batch
+    #: there (no DataLoader); the fast path on a GPU. Changes the augmentation draws.
+    data_on_device: bool = False
+    #: Checkpoint at every epoch end (else only at phase ends, on a signal and at the end):
+    #: short runs of many tiny epochs spend more on writing ~100 MB than on training.
+    epoch_checkpoints: bool = True
 
     def result_fields(self) -> dict[str, Any]:
         """Fields that must match between a run and its resume."""
@@ -73,6 +79,7 @@ class TrainConfig:
             "subset": self.subset,
             "resolutions": None if self.resolutions is None else list(self.resolutions),
             "seed": self.seed,
+            "data_on_device": self.data_on_device,
         }
 
 
@@ -186,8 +193,16 @@ class Trainer:
         self.data_spec = data_mod.resolve(config.data)
         self.n_classes = self.data_spec.n_classes
         base = max(self.recipe.resolutions)
-        self.train_set = data_mod.train_dataset(self.data_spec, base)
-        self.indices = data_mod.subset_indices(len(self.train_set), config.subset, self.recipe.seed)
+        self.device_set: data_mod.DeviceFashionMNIST | None = None
+        if config.data_on_device:
+            if self.data_spec.kind != "fashion-mnist":
+                raise TrainError("data_on_device is for Fashion-MNIST only")
+            self.device_set = data_mod.DeviceFashionMNIST(self.data_spec.root, self.ctx.device)
+            n_train = len(self.device_set)
+        else:
+            self.train_set = data_mod.train_dataset(self.data_spec, base)
+            n_train = len(self.train_set)
+        self.indices = data_mod.subset_indices(n_train, config.subset, self.recipe.seed)
         self.global_batch = self.recipe.batch_size * self.ctx.world_size
         self.spe = steps_per_epoch(len(self.indices), self.global_batch)
         # Same initial weights on every rank and in every run with this seed.
@@ -340,6 +355,17 @@ class Trainer:
         return torch.autocast(self.ctx.device.type, dtype=dtype)
 
     def _batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.device_set is not None:
+            yield from self.device_set.batches(
+                self.indices,
+                self.global_batch,
+                self.ctx.rank,
+                self.ctx.world_size,
+                self.recipe.seed,
+                epoch,
+                start_step,
+            )
+            return
         sampler = data_mod.StepSampler(
             self.indices,
             self.global_batch,
@@ -380,7 +406,10 @@ class Trainer:
         m = self.config.micro_batches
         model.train()
         opt.zero_grad(set_to_none=True)
-        per_subnet = [0.0] * len(archs)
+        # Losses stay on the device until the step ends: one synchronisation per step, not
+        # one per subnet (a GPU would otherwise idle while Python queues the next forward).
+        per_subnet: list[torch.Tensor] = [torch.zeros((), device=x.device) for _ in archs]
+        correct = torch.zeros((), device=x.device)
         for mi, (xm, ym) in enumerate(zip(x.chunk(m), y.chunk(m), strict=True)):
             micro = self.ctx.rank * m + mi  # global micro-batch index: same on 1 or N ranks
             soft: torch.Tensor | None = None
@@ -397,6 +426,8 @@ class Trainer:
                 seed_torch(self.recipe.seed, phase_index, step, micro, j)
                 with self._autocast():
                     logits = model(xm)
+                if j == 0:  # batch accuracy of the step's first subnet (largest when sampled)
+                    correct += (logits.detach().argmax(dim=1) == ym).sum()
                 if phase.kd == "inplace":
                     if j == 0:  # the largest subnet: labels only; its output teaches the rest
                         loss = label_smoothed_ce(logits, ym, self.recipe.label_smoothing)
@@ -415,18 +446,21 @@ class Trainer:
                     )
                 # Gradients of the n subnets add up (as in OFA); micro-batches average.
                 self.scaler.scale(loss / m).backward()
-                per_subnet[j] += float(loss.detach()) / m
+                per_subnet[j] += loss.detach() / m
         D.average_gradients(model, self.ctx)
         if phase.grad_clip is not None:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), phase.grad_clip)
         self.scaler.step(opt)
         self.scaler.update()
+        host = torch.stack([*per_subnet, correct]).tolist()
+        losses, n_correct = host[:-1], host[-1]
         return {
             "resolution": res,
             "subnets": [a.key() for a in archs],
-            "loss": float(np.mean(per_subnet)),
-            "loss_per_subnet": per_subnet,
+            "loss": float(np.mean(losses)),
+            "loss_per_subnet": losses,
+            "acc": n_correct / float(y.numel()),
         }
 
     # ------------------------------------------------------------------- the loop
@@ -451,6 +485,9 @@ class Trainer:
                 assert self.optimizer is not None
                 sched = CosineWarmup(
                     phase.lr * self._lr_scale(), total, warm, phase.warmup_lr * self._lr_scale()
+                )
+                phase_task = progress.start(
+                    f"phase {pos.phase + 1}/{len(recipe.phases)} {phase.name}", total, pos.step
                 )
                 while pos.step < total:
                     epoch, start = divmod(pos.step, self.spe)
@@ -486,6 +523,7 @@ class Trainer:
                         ):
                             _append_jsonl(metrics_path, row)
                         progress.advance(task, row)
+                        progress.advance(phase_task, row)
                         epoch_end = pos.step % self.spe == 0 or pos.step == total
                         limit = (
                             self.config.max_steps is not None
@@ -507,8 +545,9 @@ class Trainer:
                             break
                     if seen == 0:
                         raise TrainError(f"phase {phase.name}: the data loader yielded no batch")
-                    if pos.step < total:
+                    if pos.step < total and self.config.epoch_checkpoints:
                         self.save()  # epoch end
+                progress.remove(phase_task)
                 self._finish_phase(phase)
                 self.save()
         pos.done = True
@@ -550,7 +589,8 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 class _Progress:
-    """A rich progress bar per epoch (loss, lr, images/s, subnets sampled); silent off rank 0."""
+    """Rich progress bars, silent off rank 0: one per phase (its ETA) and one per epoch (loss,
+    batch accuracy of the step's first subnet, lr, images/s, subnets sampled)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -595,14 +635,20 @@ class _Progress:
         desc = self._p.tasks[[t.id for t in self._p.tasks].index(task)].description
         self._p.remove_task(task)
         self._p.console.print(
-            f"{desc}: loss {row['loss']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+            f"{desc}: loss {row['loss']:.4f}  train acc {row['acc']:.3f}  lr {row['lr']:.4g}  "
+            f"{row['images_per_s']:.0f} img/s"
         )
+
+    def remove(self, task: Any) -> None:
+        if self._p is not None and task is not None:
+            self._p.remove_task(task)
 
     def advance(self, task: Any, row: dict[str, Any]) -> None:
         if self._p is None or task is None:
             return
         info = (
-            f"loss {row['loss']:.3f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
+            f"loss {row['loss']:.3f}  acc {row['acc']:.3f}  lr {row['lr']:.4g}  "
+            f"{row['images_per_s']:.0f} img/s  "
             f"r{row['resolution']} x{len(row['subnets'])} subnets"
         )
         self._p.update(task, advance=1, info=info)
