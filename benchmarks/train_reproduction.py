@@ -48,6 +48,8 @@ import csv
 import dataclasses
 import functools
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -634,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary: dict[str, Any] = {"plan": plan_doc, "methods": {}}
     run_scale: dict[str, float] = {}
     spent_plan = spent_real = 0.0
+    spent_eval_plan = spent_eval_real = 0.0
     for mi, m in enumerate(methods):
         run_dir = out / "runs" / m.name
         s = scale
@@ -641,11 +644,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The guard: if the runs so far took longer than planned, shrink what is left
             # (fewer epochs, complete schedules) rather than overrun. Flagged in the claims.
             slow = spent_real / spent_plan
+            slow_eval = max(1.0, spent_eval_real / max(1e-9, spent_eval_plan))
             left = args.time_budget_s - log.elapsed() - 15.0
             rest = methods[mi:]
-            need = sum(plan[x.name]["train_s"] * slow + plan[x.name]["eval_s"] for x in rest)
+            ev = sum(plan[x.name]["eval_s"] * slow_eval for x in rest)
+            need = ev + sum(plan[x.name]["train_s"] * slow for x in rest)
             if need > left:
-                ev = sum(plan[x.name]["eval_s"] for x in rest)
                 s = scale * max(0.05, (left - ev) / max(1e-9, need - ev))
                 log(f"GUARD: {slow:.2f}x slower than planned; {m.name} runs at s = {s:.5g}")
         run_scale[m.name] = s
@@ -653,10 +657,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         teacher_ckpt = None
         if m.teacher_from is not None:
             src = out / "runs" / m.teacher_from
-            teacher_ckpt = src / T.TEACHER if (src / T.TEACHER).is_file() else src / T.FINAL
+            teacher_ckpt = next(
+                (src / f for f in (T.TEACHER, T.FINAL) if (src / f).is_file()),
+                src / T.CHECKPOINT,
+            )
         t_start = time.perf_counter()
         result_path = run_dir / T.FINAL
         log(f"== {m.name}: {m.description} (s = {s:.5g})")
+        truncated = False
         if result_path.is_file():
             log(f"  {result_path} exists: reusing it")
             train_s = None
@@ -678,8 +686,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 epoch_checkpoints=False,  # phase ends only: each write is ~100 MB
             )
             trainer = _trainer(recipe, cfg, run_dir, log)
-            ticker = _Ticker(log, m.name, int(total_steps))
-            trainer.run(on_step=ticker)
+            deadline = None
+            if args.time_budget_s is not None:
+                # The hard stop: this run may use the budget minus the evaluations still to
+                # come and the predictor; past it, the trainer checkpoints and stops, and the
+                # checkpoint is evaluated as it is (flagged "truncated").
+                later_eval = sum(plan[x.name]["eval_s"] for x in methods[mi:])
+                deadline = log.t0 + args.time_budget_s - 15.0 - 1.5 * later_eval
+            ticker = _Ticker(log, m.name, int(total_steps), deadline)
+            try:
+                trainer.run(on_step=ticker)
+            except T.Interrupted:
+                if not ticker.stopped:
+                    raise  # a real Ctrl-C/SIGTERM: stop the whole script
+                truncated = True
+                result_path = run_dir / T.CHECKPOINT
+                log(f"  DEADLINE: {m.name} stopped at step {ticker.n}/{ticker.total}")
             _sync(device)
             train_s = time.perf_counter() - t_start
         t_eval = time.perf_counter()
@@ -695,6 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log,
         )
         eval_s = time.perf_counter() - t_eval
+        spent_eval_plan += plan[m.name]["eval_s"]
+        spent_eval_real += eval_s
         if train_s is not None:
             spent_plan += plan_seconds([m], costs, spe, s, args.batch_size, n_eval)[m.name][
                 "train_s"
@@ -710,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "description": m.description,
             "recipe": m.recipe,
             "scale": s,
-            "degraded": s != scale,
+            "degraded": s != scale or truncated,
+            "truncated": truncated,
             "teacher_from": m.teacher_from,
             "phases": [
                 {"phase": p.name, "epochs": p.epochs, "steps": T.phase_steps(p, spe)[0]}
@@ -771,17 +796,23 @@ def _pct(x: float | None) -> str:
 
 class _Ticker:
     """A progress line every few seconds for logs that are not terminals: phase, step, loss,
-    batch accuracy, images/s, ETA of the run."""
+    batch accuracy, images/s, ETA of the run. Past ``deadline`` (perf_counter seconds) it asks
+    the trainer to stop as a SIGTERM does: finish the step, checkpoint, raise Interrupted."""
 
-    def __init__(self, log: Log, name: str, total_steps: int) -> None:
+    def __init__(self, log: Log, name: str, total_steps: int, deadline: float | None = None):
         self.log, self.name, self.total = log, name, max(1, total_steps)
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.n = 0
+        self.deadline = deadline
+        self.stopped = False
 
     def __call__(self, row: dict[str, Any]) -> None:
         self.n += 1
         now = time.perf_counter()
+        if self.deadline is not None and now > self.deadline and not self.stopped:
+            self.stopped = True
+            os.kill(os.getpid(), signal.SIGTERM)
         if now - self.last < 5.0 and self.n < self.total:
             return
         self.last = now

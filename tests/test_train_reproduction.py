@@ -185,3 +185,52 @@ def test_reproduction_smoke_run_writes_every_output(tmp_path):
     assert pred.info["placeholder"] is True and "PLACEHOLDER" in pred.label
     searched = json.loads((out / "predictor" / "searched_vs_front.json").read_text())
     assert searched["targets"] and searched["n_val"] >= 1
+
+
+# =============================================================================== train CLI
+
+
+TINY_RECIPE = """
+name = "tiny"
+space = "compofa"
+resolutions = [32]
+batch_size = 4
+reference_batch_size = 4
+seed = 5
+
+[[phase]]
+name = "teacher"
+is_teacher = true
+space = "compofa"
+sampling = "largest"
+epochs = 1
+lr = 0.01
+
+[[phase]]
+name = "compound"
+space = "compofa"
+subnets_per_step = 2
+epochs = 1
+lr = 0.01
+kd = "teacher"
+kd_ratio = 1.0
+"""
+
+
+@needs_fmnist
+def test_train_cli_on_device_data_logs_accuracy_and_plots_curves(tmp_path):
+    from compofa_bench.cli import main
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    out = tmp_path / "run"
+    args = ["train", "--recipe", str(recipe), "--data", "fashion-mnist", "--out", str(out),
+            "--subset", "8", "--device", "cpu", "--data-on-device", "--log-every", "1",
+            "--quiet"]  # fmt: skip
+    torch.set_num_threads(1)
+    assert main(args) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").open()]
+    assert [r["phase"] for r in rows] == ["teacher"] * 2 + ["compound"] * 2
+    assert all(r["acc"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in rows)  # 4-image batches
+    assert (out / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "final.pt").is_file()
