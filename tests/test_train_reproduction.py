@@ -234,3 +234,14 @@ def test_train_cli_on_device_data_logs_accuracy_and_plots_curves(tmp_path):
     assert all(r["acc"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in rows)  # 4-image batches
     assert (out / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "final.pt").is_file()
+
+    # The demo's --checkpoint: export takes the trained supernet's weights.
+    from compofa_bench.errors import ExportError
+    from compofa_bench.export import SubnetBuilder, SubnetSource
+
+    state = torch.load(out / "final.pt", weights_only=False)["model"]
+    net = SubnetBuilder(SubnetSource(checkpoint=str(out / "final.pt"), n_classes=10)).supernet()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    with pytest.raises(ExportError, match="10 classes"):
+        SubnetBuilder(SubnetSource(checkpoint=str(out / "final.pt"))).supernet()
