@@ -651,7 +651,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             need = ev + sum(plan[x.name]["train_s"] * slow for x in rest)
             if need > left:
                 s = scale * max(0.05, (left - ev) / max(1e-9, need - ev))
-                log(f"GUARD: {slow:.2f}x slower than planned; {m.name} runs at s = {s:.5g}")
+                log(
+                    f"GUARD: training so far took {slow:.2f}x its planned time; the rest "
+                    f"would overrun: {m.name} runs at s = {s:.5g}"
+                )
         run_scale[m.name] = s
         recipe = method_recipe(m, TRAIN_RES, args.batch_size)
         teacher_ckpt = None
