@@ -728,6 +728,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             spent_real += train_s
         stats = acc_stats(rows, m)
+        if m.teacher_from is not None:
+            teacher_epochs = summary["methods"][m.teacher_from]["teacher_epochs"]
+        else:
+            own = method_recipe(m, TRAIN_RES, args.batch_size).scaled(s).phases
+            teacher_epochs = sum(p.epochs for p in own if p.is_teacher)
         trained = trained_phases(m, method_recipe(m, TRAIN_RES, args.batch_size).scaled(s))
         steps = sum(T.phase_steps(p, spe)[0] for p in trained)
         subnet_images = sum(
@@ -745,7 +750,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for p in trained
             ],
             "epochs_own": sum(p.epochs for p in trained),
-            "epochs_with_teacher": budget_epochs(m) * s,
+            # The teacher's epochs as its run trained them (that run's s, which a guard may
+            # have made differ from this one's).
+            "teacher_epochs": teacher_epochs,
+            "epochs_with_teacher": sum(p.epochs for p in trained)
+            + (teacher_epochs if m.teacher_from is not None else 0.0),
             "paper_epochs_with_teacher": budget_epochs(m),
             "steps": steps,
             "images_seen": steps * args.batch_size,
