@@ -117,6 +117,36 @@ def test_predictor_maps_unknown_resolutions_by_rank():
     assert three.mapping[128] == 32 and three.mapping[224] == 40
 
 
+def test_search_at_demo_resolutions_with_a_low_resolution_predictor(tmp_path):
+    from compofa_bench.export import SearchJob, SubnetSource, run_search_job
+
+    path = _tiny_predictor().save(tmp_path / "p.pt")
+    job = SearchJob(
+        space="compofa",
+        targets=(150.0, 400.0),
+        out_dir=str(tmp_path / "search"),
+        macs=True,
+        predictor=str(path),
+        resolutions=(160, 224),
+        map_predictor_resolutions=True,
+        source=SubnetSource(n_classes=10),
+    )
+    doc = run_search_job(job)
+    assert "resolution by rank (160->32, 224->40 px)" in doc["accuracy_source"]
+    assert not doc["accuracy_is_proxy"]
+    for t in doc["targets"]:
+        assert t["feasible"] and t["arch"]["r"][0] in (160, 224)
+        assert t["mmacs"] <= t["target_mmacs"]
+    # Without the mapping the predictor cannot score 160/224 px at all.
+    with pytest.raises(Exception, match="resolution"):
+        run_search_job(
+            SearchJob(
+                space="compofa", targets=(150.0,), out_dir=str(tmp_path / "s2"), macs=True,
+                predictor=str(path), resolutions=(160, 224), source=SubnetSource(n_classes=10),
+            )
+        )  # fmt: skip
+
+
 def test_demo_accuracy_source_never_ranks_by_a_placeholder(tmp_path, monkeypatch):
     pred = _tiny_predictor()
     real = tmp_path / "real.pt"
