@@ -52,9 +52,10 @@ def plot_curves(runs: Mapping[str, list[dict[str, Any]]], out: str | Path, title
             continue
         c = colours[i % len(colours)]
         x = [r["global_step"] for r in rows]
-        ax_loss.plot(x, [r["loss"] for r in rows], color=c, lw=1, label=name)
+        mk = "." if len(rows) < 50 else None  # a short run's few points stay visible
+        ax_loss.plot(x, [r["loss"] for r in rows], color=c, lw=1, marker=mk, label=name)
         if all("acc" in r for r in rows):
-            ax_acc.plot(x, [r["acc"] for r in rows], color=c, lw=1, label=name)
+            ax_acc.plot(x, [r["acc"] for r in rows], color=c, lw=1, marker=mk, label=name)
         prev = rows[0]["phase"]
         for r in rows[1:]:
             if r["phase"] != prev:
