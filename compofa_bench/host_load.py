@@ -175,3 +175,21 @@ def format_cpus(cpus: Sequence[int]) -> str:
         out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
         i = j + 1
     return ",".join(out)
+
+
+def quietest_cpu(cpus: Sequence[int], window_s: float = 0.5) -> int:
+    """The CPU of ``cpus`` that other processes used least over ``window_s`` seconds (the
+    lowest-numbered among equals): where a one-thread measurement is least disturbed."""
+    per0 = psutil.cpu_times(percpu=True)
+    time.sleep(window_s)
+    per1 = psutil.cpu_times(percpu=True)
+
+    def busy(c: int) -> float:
+        if c >= len(per0) or c >= len(per1):
+            return float("inf")
+        a, b = per0[c], per1[c]
+        return (sum(b) - b.idle - getattr(b, "iowait", 0.0)) - (
+            sum(a) - a.idle - getattr(a, "iowait", 0.0)
+        )
+
+    return min(sorted(cpus), key=busy)
