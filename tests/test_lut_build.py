@@ -139,6 +139,7 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
 def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, workdir):
     from compofa_bench.lut.validate import interleave_order, validate_table
     from compofa_bench.store import ResultStore
+    from compofa_bench.timing_run import RunOptions
 
     lut = workdir / "interleave.json"
     lut.write_text((workdir / "t.json").read_text())  # a copy: the test may write next to it
@@ -147,6 +148,7 @@ def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, wo
     report = validate_table(
         lut, workdir / "dev.toml", "compofa", n_sample=n, n_calibrate=m, seed=seed,
         store_path=store, show_progress=False,
+        run=RunOptions(rounds=1),  # one round keeps the interleaved order (more shuffle it)
     )  # fmt: skip
     archs = spaces.get("compofa", [RES]).sample_many(n + m, np.random.default_rng(seed))
     # The validation set is archs[:n], in order, exactly as before interleaving.

@@ -300,3 +300,53 @@ def test_cli_bad_timing_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     finally:
         holder.kill()
         holder.wait()
+
+
+@needs_affinity
+def test_wait_idle_says_that_it_waits_and_gives_up_within_its_bound() -> None:
+    from compofa_bench.host_load import wait_idle
+
+    cpu = min(os.sched_getaffinity(0))
+    burner = subprocess.Popen([sys.executable, "-c", BURNER, str(cpu)])
+    said: list[str] = []
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        load = wait_idle(1.0, 0.10, [cpu], said.append, window_s=0.3)
+        waited = time.monotonic() - t0
+    finally:
+        burner.kill()
+        burner.wait()
+    assert load.contended(0.10) and waited < 3.0
+    assert said[0].startswith("waiting up to 1 s for a quiet host")
+    assert "still busy after 1 s" in said[-1]
+
+
+def test_verdict_met_missed_and_too_busy_to_tell() -> None:
+    from compofa_bench import verdict
+    from compofa_bench.cli.search import exit_status
+
+    met = verdict.check(10.0, 9.0, {"median_ms": 10.9}, 0.10)
+    assert (
+        met.status == "met"
+        and met.trusted
+        and met.measured_over_predicted == pytest.approx(10.9 / 9.0)
+    )
+    missed = verdict.check(10.0, 9.0, {"median_ms": 11.2}, 0.10)
+    assert missed.missed and missed.label == "MISSED"
+    busy = verdict.check(10.0, 9.0, {"median_ms": 11.2, "contended": True}, 0.10)
+    assert busy.label == "MISSED (contended: host too busy to tell)" and not busy.trusted
+    assert verdict.check(10.0, 9.0, {"median_ms": 11.2}, 0.15).status == "met"
+    items = [{"verdict": v.to_dict()} for v in (met, missed, busy)] + [{"verdict": None}]
+    doc = {"verdict": verdict.summarize(items, 0.10)}
+    assert doc["verdict"]["checked"] == 3 and doc["verdict"]["missed"] == [10.0, 10.0]
+    line = doc["verdict"]["line"]
+    assert line.startswith("verdict: 1/3 targets met within +10%") and "MISSED" in line
+    assert "too busy to tell" in line
+    assert exit_status(doc, fail_on_miss=True) == 3 and exit_status(doc, fail_on_miss=False) == 0
+    ok = {"verdict": verdict.summarize([{"verdict": met.to_dict()}], 0.10)}
+    assert exit_status(ok, fail_on_miss=True) == 0
+    from compofa_bench.errors import SearchError
+
+    with pytest.raises(SearchError, match="--tolerance"):
+        verdict.check(10.0, 9.0, {"median_ms": 1.0}, -0.1)
