@@ -350,3 +350,36 @@ def test_verdict_met_missed_and_too_busy_to_tell() -> None:
 
     with pytest.raises(SearchError, match="--tolerance"):
         verdict.check(10.0, 9.0, {"median_ms": 1.0}, -0.1)
+
+
+def test_an_interrupted_multi_round_run_keeps_every_round(tmp_path: Path) -> None:
+    import threading
+
+    stop = threading.Event()
+    builds = {"n": 0}
+
+    def counting(key: str, width: int) -> Job:
+        def build() -> Workload:
+            builds["n"] += 1
+            if builds["n"] == 4:  # the first workload of round 2: stop after it
+                stop.set()
+            return Workload(key, tiny(width), (1, 3, 16, 16), f"tiny-{key}")
+
+        return Job(key=key, cache_key=f"tiny-{key}", build=build, kind="layer")
+
+    adapter = open_adapter(spec(tmp_path))
+    jobs = [counting("a", 8), counting("b", 16), counting("c", 24)]
+    with ResultStore(tmp_path / "r.db") as store:
+        s = measure_workloads(jobs, adapter, store, FAST, show_progress=False, stop=stop,
+                              run=RunOptions(rounds=2, probe=False))  # fmt: skip
+        rows = store.rows()
+        rounds = store.round_rows(s.run_id)
+        (run,) = store.runs()
+    adapter.close()
+    assert s.interrupted and run["interrupted"] == 1
+    assert len(rounds) == 4 and len(rows) == 3  # nothing measured is lost
+    assert sorted(r["rounds"] for r in rows) == [1, 1, 2]
+    # the one-round rows do not count as done for a two-round rerun
+    with ResultStore(tmp_path / "r.db") as store:
+        done = store.done_keys(s.fingerprint_hash, s.protocol_hash, "layer", min_rounds=2)
+    assert len(done) == 1
