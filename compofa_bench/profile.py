@@ -419,7 +419,7 @@ def _measure_round(job: Job, ctx: _RunContext, pend: _Pending, r: int) -> Outcom
             pend.prepare_s[k] = pend.prepare_s.get(k, 0.0) + v
         pend.prepare_s["build_s"] = pend.prepare_s.get("build_s", 0.0) + build_s
         t0 = time.perf_counter()
-        meter = LoadMeter(ctx.cpus) if adapter.spec.shares_host_cpus else None
+        meter = LoadMeter(ctx.cpus) if _on_host_cpus(adapter) else None
         timing, stats, attempts = measure_stable(lambda: adapter.time(prepared, protocol), protocol)
         load = meter.stop() if meter is not None else None
         call_s = time.perf_counter() - t0  # warmup + timed + binding
@@ -524,13 +524,19 @@ def _write_row(
         started_at=pend.started_at,
         finished_at=utc_now(),
         host_load=load,
-        contended=outcome.contended if ok and ctx.adapter.spec.shares_host_cpus else None,
+        contended=outcome.contended if ok and _on_host_cpus(ctx.adapter) else None,
         rounds=max(len(pend.rounds), 1),
         estimator=estimator,
         run_id=ctx.run_id,
     )
     outcome.row_id = ctx.store.add(m)
     return outcome
+
+
+def _on_host_cpus(adapter: Adapter) -> bool:
+    """Whether the host's other load can disturb this adapter's timing: not for a device
+    that says it does not share the host's CPUs, nor for a remote one (a phone)."""
+    return adapter.spec.shares_host_cpus and not getattr(adapter, "remote", False)
 
 
 def _flush_partial(ctx: _RunContext, summary: RunSummary) -> None:
