@@ -44,7 +44,8 @@ class Protocol:
     batch_size: int = 1
     #: IQR / median above which a measurement is flagged unstable.
     unstable_threshold: float = 0.10
-    #: How many times an unstable measurement is re-taken (the most stable attempt is kept).
+    #: How many times an unstable measurement is re-taken within a run (the most stable attempt
+    #: is kept), and how many times a later run measures an unstable or contended row again.
     remeasure: int = 0
     #: Seconds to sleep before each workload, to let a phone or laptop cool down.
     cooldown_s: float = 0.0

@@ -81,8 +81,8 @@ class RunOptions:
 
 def device_cpus(spec: DeviceSpec) -> tuple[int, ...]:
     """The host CPUs a device's timing runs on (its ``affinity`` option, else this process's)."""
-    affinity = spec.options.get("affinity") if isinstance(spec.options, dict) else None
-    return measured_cpus(affinity if isinstance(affinity, list) else None)
+    affinity = spec.options.get("affinity")
+    return measured_cpus(affinity if isinstance(affinity, (list, tuple)) else None)
 
 
 def lock_names(spec: DeviceSpec) -> list[str]:
