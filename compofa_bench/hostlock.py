@@ -184,3 +184,21 @@ def _acquire(
     f.write(json.dumps(_me()))
     f.flush()
     return f
+
+
+def process_owner() -> str:
+    """``host:pid:start-time`` of this process: names the owner of a store claim."""
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named by :func:`process_owner` still runs. A claim of another host
+    cannot be checked and counts as alive."""
+    host, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        return Holder(int(pid), float(started), "", 0.0).alive()
+    except ValueError:
+        return False

@@ -273,6 +273,11 @@ def measure_workloads(
             summary.wall_s = time.perf_counter() - t_start
             return summary
         ctx = _RunContext(adapter, store, protocol, name, base_fp, cpus, run)
+        if skip_done:
+            ctx.claim = {
+                "include_failed": not retry_failed, "min_rounds": run.rounds,
+                "accept_unstable": run.accept_unstable, "remeasure": protocol.remeasure,
+            }  # fmt: skip
         ctx.run_id = store.start_run(
             device=name, fingerprint_hash=fhash, protocol_hash=phash, host=socket.gethostname(),
             pid=os.getpid(), cpus=format_cpus(cpus) if spec.shares_host_cpus else None,
@@ -305,6 +310,8 @@ def measure_workloads(
             # rounds already taken of workloads whose last round did not come are kept as rows
             # of fewer rounds (a rerun measures them again): nothing measured is lost
             _flush_partial(ctx, summary)
+            with contextlib.suppress(Exception):
+                store.release_claims(ctx.owner)
             summary.wall_s = time.perf_counter() - t_start
             _finish_run(ctx, summary)
             if progress is not None and task is not None:
@@ -332,6 +339,9 @@ class _RunContext:
     cpus: tuple[int, ...]
     run: RunOptions
     run_id: int | None = None
+    #: claim each workload in the store before its first round (None: --force, no claims)
+    claim: dict[str, Any] | None = None
+    owner: str = field(default_factory=hostlock.process_owner)
     #: cache_key -> (job, rounds so far, prepare_s totals, timed_s, attempts, started_at)
     pending: dict[str, _Pending] = field(default_factory=dict)
 
@@ -359,7 +369,7 @@ def _run_rounds(
 ) -> None:
     run, protocol = ctx.run, ctx.protocol
     orders = shuffled(len(todo), run.rounds, np.random.default_rng(run.order_seed))
-    failed: set[str] = set()
+    dropped: set[str] = set()  # failed, or skipped after a claim
     first = True
     for r, order in enumerate(orders):
         for i in order:
@@ -367,7 +377,14 @@ def _run_rounds(
             if stop is not None and stop.is_set():
                 summary.interrupted = True
                 return
-            if job.cache_key in failed:
+            if r == 0 and ctx.claim is not None and not _claim(job, ctx):
+                # done meanwhile, or being measured by another process (on other CPUs)
+                summary.outcomes.append(Outcome(job.key, "skipped"))
+                dropped.add(job.cache_key)
+                if progress is not None and task is not None:
+                    progress.advance(task)
+                continue
+            if job.cache_key in dropped:
                 if progress is not None and task is not None:
                     progress.advance(task)
                 continue
@@ -385,8 +402,10 @@ def _run_rounds(
             outcome = _measure_round(job, ctx, pend, r)
             if outcome is not None:  # failed, or its last round
                 ctx.pending.pop(job.cache_key, None)
+                if ctx.claim is not None:
+                    ctx.store.release_claims(ctx.owner, job.cache_key)
                 if outcome.status == "failed":
-                    failed.add(job.cache_key)
+                    dropped.add(job.cache_key)
                 summary.outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
@@ -531,6 +550,12 @@ def _write_row(
     )
     outcome.row_id = ctx.store.add(m)
     return outcome
+
+
+def _claim(job: Job, ctx: _RunContext) -> bool:
+    ident = (ctx.base_fp["stable_hash"], ctx.protocol.hash(), job.kind, job.cache_key)
+    assert ctx.claim is not None
+    return ctx.store.claim(ident, ctx.owner, alive=hostlock.owner_alive, **ctx.claim)
 
 
 def _on_host_cpus(adapter: Adapter) -> bool:

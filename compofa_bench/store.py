@@ -33,7 +33,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,6 +107,15 @@ CREATE TABLE IF NOT EXISTS rounds (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_rounds ON rounds (run_id, cache_key);
+CREATE TABLE IF NOT EXISTS claims (
+    fingerprint_hash TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    cache_key TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    claimed_at TEXT NOT NULL,
+    PRIMARY KEY (fingerprint_hash, protocol_hash, kind, cache_key)
+);
 """
 
 _SCHEMA = f"""
@@ -206,6 +215,25 @@ class Measurement:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def _done(
+    rows: Iterable[Sequence[Any]], include_failed: bool, accept_unstable: bool, remeasure: int
+) -> set[str]:
+    """The cache keys that ``(cache_key, status, bad)`` rows make done (see ``done_keys``)."""
+    tries: dict[str, int] = {}
+    done: set[str] = set()
+    for ck, status, bad in rows:
+        if status == "failed":
+            if include_failed:
+                done.add(ck)
+        elif accept_unstable or not bad:
+            done.add(ck)
+        else:
+            tries[ck] = tries.get(ck, 0) + 1
+            if tries[ck] > remeasure:
+                done.add(ck)
+    return done
 
 
 def _finite(x: float) -> float | None:
@@ -459,19 +487,65 @@ class ResultStore:
             "FROM measurements WHERE fingerprint_hash = ? AND protocol_hash = ? AND kind = ? "
             "AND (status = 'failed' OR coalesce(rounds, 1) >= ?)"
         )
-        tries: dict[str, int] = {}
-        done: set[str] = set()
-        for ck, status, bad in self._query(q, (fingerprint_hash, protocol_hash, kind, min_rounds)):
-            if status == "failed":
-                if include_failed:
-                    done.add(ck)
-            elif accept_unstable or not bad:
-                done.add(ck)
-            else:
-                tries[ck] = tries.get(ck, 0) + 1
-                if tries[ck] > remeasure:
-                    done.add(ck)
-        return done
+        rows = self._query(q, (fingerprint_hash, protocol_hash, kind, min_rounds))
+        return _done(rows, include_failed, accept_unstable, remeasure)
+
+    def claim(
+        self,
+        ident: tuple[str, str, str, str],
+        owner: str,
+        *,
+        include_failed: bool = False,
+        min_rounds: int = 1,
+        accept_unstable: bool = True,
+        remeasure: int = 0,
+        alive: Callable[[str], bool] = lambda _owner: True,
+    ) -> bool:
+        """Claim the workload ``ident = (fingerprint_hash, protocol_hash, kind, cache_key)``
+        for measuring, in one transaction: False when it is done already (as
+        :meth:`done_keys` decides) or claimed by another ``owner`` that is still ``alive``.
+        Two processes on one store thus never measure the same workload twice, whatever CPUs
+        they run on. Release with :meth:`release_claims`."""
+        fh, ph, kind, ck = ident
+        q = (
+            "SELECT cache_key, status, coalesce(unstable, 0) OR coalesce(contended, 0) AS bad "
+            "FROM measurements WHERE fingerprint_hash = ? AND protocol_hash = ? AND kind = ? "
+            "AND cache_key = ? AND (status = 'failed' OR coalesce(rounds, 1) >= ?)"
+        )
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                rows = self._conn.execute(q, (fh, ph, kind, ck, min_rounds)).fetchall()
+                if _done(rows, include_failed, accept_unstable, remeasure):
+                    self._conn.execute("COMMIT")
+                    return False
+                held = self._conn.execute(
+                    "SELECT owner FROM claims WHERE fingerprint_hash = ? AND protocol_hash = ? "
+                    "AND kind = ? AND cache_key = ?",
+                    ident,
+                ).fetchone()
+                if held is not None and held[0] != owner and alive(held[0]):
+                    self._conn.execute("COMMIT")
+                    return False
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                    (*ident, owner, utc_now()),
+                )
+                self._conn.execute("COMMIT")
+                return True
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to results store {self.path}: {exc}") from None
+                raise
+
+    def release_claims(self, owner: str, cache_key: str | None = None) -> None:
+        """Drop ``owner``'s claims (one ``cache_key``'s, or all)."""
+        if cache_key is None:
+            self._write("DELETE FROM claims WHERE owner = ?", (owner,))
+        else:
+            self._write("DELETE FROM claims WHERE owner = ? AND cache_key = ?", (owner, cache_key))
 
     # ----------------------------------------------------------------- timing runs
     def start_run(self, **fields: Any) -> int:

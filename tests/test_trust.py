@@ -113,6 +113,9 @@ PROFILE_SCRIPT = textwrap.dedent(
     from compofa_bench.timing_run import RunOptions
 
     db, cache = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3:
+        import os
+        os.sched_setaffinity(0, {int(sys.argv[3])})
     proto = Protocol(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_s=0.0, max_s=1.0)
     dev = DeviceSpec("t", "cpu-ort", {"threads": 1, "cache_dir": cache}, proto)
     archs = spaces.get("compofa", [128]).sample_many(4, np.random.default_rng(0))
@@ -128,23 +131,40 @@ PROFILE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_two_profile_processes_on_one_store_measure_each_workload_once(tmp_path: Path) -> None:
+def _two_profiles(tmp_path: Path, cpus: list[str]) -> list[dict[str, int]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", PROFILE_SCRIPT, str(tmp_path / "r.db"), str(tmp_path / "cache")]
     procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
+        subprocess.Popen(
+            [*cmd, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for c in cpus
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
-    counts = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
     con = sqlite3.connect(tmp_path / "r.db")
     keys = [r[0] for r in con.execute("SELECT workload_key FROM measurements")]
+    assert con.execute("SELECT count(*) FROM claims").fetchone()[0] == 0  # all released
     con.close()
     assert len(keys) == 4 and len(set(keys)) == 4
-    # the second to get the lock found everything done
+    return [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+
+
+def test_two_profile_processes_on_one_store_measure_each_workload_once(tmp_path: Path) -> None:
+    counts = _two_profiles(tmp_path, [[], []])
+    # same CPUs: the second to get the lock found everything done
     assert sorted(c["measured"] for c in counts) == [0, 4]
     assert sorted(c["skipped"] for c in counts) == [0, 4]
+
+
+@needs_affinity
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_two_profile_processes_on_other_cpus_split_the_workloads(tmp_path: Path) -> None:
+    # different CPUs, so different locks: the store's claims keep them from measuring twice
+    a, b = sorted(os.sched_getaffinity(0))[:2]
+    counts = _two_profiles(tmp_path, [[str(a)], [str(b)]])
+    assert sum(c["measured"] for c in counts) == 4
+    assert sum(c["measured"] + c["skipped"] for c in counts) == 8
 
 
 HOLDER = textwrap.dedent(
