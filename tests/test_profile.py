@@ -216,11 +216,28 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_cli_profile_then_results(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from compofa_bench import hostlock
+    from compofa_bench.devices import load_device
+    from compofa_bench.timing_run import device_cpus
+
+    # lock files left by a dead process (and one unreadable): taken over, with a message
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    names = hostlock.cpu_lock_names(device_cpus(load_device("cpu-ort-1t")))
+    locks = cli_env / "cache" / "locks"
+    locks.mkdir(parents=True)
+    stale = {"pid": int(dead.stdout), "started": 1.0, "command": "profile", "since": 1.0}
+    (locks / f"{names[0]}.lock").write_text(json.dumps(stale))
+    (locks / f"{names[-1]}.lock").write_bytes(b"\x00garbage")  # the same file on one CPU
     rc = main(["profile", "--device", "cpu-ort-1t", "--sample", "1", "--resolutions", "128",
                "--store", "r.db", "--json", *FAST_ARGS])  # fmt: skip
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["devices"][0]["measured"] == 1
+    assert f"took over the stale lock {names[0]}.lock of pid {int(dead.stdout)}" in captured.err
+    if len(names) > 1:
+        assert "was unreadable; overwriting it" in captured.err
     # kept even if this busy host made it unstable or contended
     rc = main(["profile", "--device", "cpu-ort-1t", "--sample", "1", "--resolutions", "128",
                "--store", "r.db", "--json", "--accept-unstable", *FAST_ARGS])  # fmt: skip
