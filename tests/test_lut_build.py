@@ -153,6 +153,12 @@ def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, wo
     archs = spaces.get("compofa", [RES]).sample_many(n + m, np.random.default_rng(seed))
     # The validation set is archs[:n], in order, exactly as before interleaving.
     assert [row["key"] for row in report["archs"]] == [a.key() for a in archs[:n]]
+    # every prediction checked: measured/predicted per arch, contended ones listed
+    assert all(
+        row["measured_over_predicted"] == pytest.approx(row["measured_ms"] / row["predicted_ms"])
+        for row in report["archs"]
+    )
+    assert set(report["measurement"]["contended"]) <= {a.key() for a in archs}
     with ResultStore(store) as st:
         rows = st.rows(("workload_key", "median_ms"), kind="network")
     measured_order = [r["workload_key"] for r in rows]

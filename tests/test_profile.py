@@ -245,6 +245,9 @@ def test_cli_profile_then_results(cli_env: Path, capsys: pytest.CaptureFixture[s
     assert main(["results", "show", "--store", "r.db", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["arch"]["r"] == [128] and rows[0]["median_ms"] > 0
+    # what else ran on the host, and how the estimate was made, are part of every row
+    assert rows[0]["contended"] in (0, 1) and 0.0 <= rows[0]["other_cpu"] <= 1.0
+    assert rows[0]["rounds"] == 1 and rows[0]["estimator"] == "median" and rows[0]["run_id"]
     assert main(["results", "export", "--store", "r.db", "--format", "csv", "--out", "o.csv"]) == 0
     assert (cli_env / "o.csv").read_text().startswith("id,")
     assert main(["results", "show", "--store", "r.db"]) == 0
