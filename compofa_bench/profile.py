@@ -513,7 +513,7 @@ def _write_row(
     fingerprint = {
         **ctx.base_fp, "volatile": {"before": pend.before, "after": fp.volatile_part()},
     }  # fmt: skip
-    extra = dict(last.extra) if last is not None else {}
+    extra = dict(last.extra) if ok and last is not None else {}
     if ok and len(pend.rounds) > 1:
         extra["round_medians_ms"] = [round(x.stats.median_ms, 6) for x in pend.rounds]
     m = Measurement(
@@ -531,8 +531,9 @@ def _write_row(
         stats=stats,
         samples_ms=samples,
         warmup_ms=[x for t in pend.timings for x in t.warmup_ms] if ok else (),
-        summary_ms=last.summary_ms if last is not None else {},
-        raw_output=last.raw_output if last is not None else raw,
+        # a failed row keeps what its own failing round printed, not an earlier round's output
+        summary_ms=last.summary_ms if ok and last is not None else {},
+        raw_output=last.raw_output if ok and last is not None else raw,
         space=job.space,
         arch=job.arch,
         resolution=job.resolution,
