@@ -117,8 +117,9 @@ def combine_rounds(
 
     One round: its own stats. Several: the statistics of all samples pooled (so the IQR and
     percentiles see every round), with ``median_ms`` replaced by the median of the round
-    medians; unstable when most rounds were, or when the round medians spread (max/min - 1)
-    beyond the protocol's ``unstable_threshold``. Contended when any round was: a row is as
+    medians; unstable when the pooled IQR/median is above the protocol's
+    ``unstable_threshold``, when most rounds were unstable, or when the round medians spread
+    (max/min - 1) beyond that threshold. Contended when any round was: a row is as
     trustworthy as its worst round.
     """
     if not rounds:
@@ -133,7 +134,8 @@ def combine_rounds(
     stats = Stats.from_samples(pooled, protocol.unstable_threshold) if pooled else rounds[0].stats
     spread = float(medians.max() / medians.min() - 1.0) if medians.min() > 0 else math.inf
     unstable = (
-        sum(r.stats.unstable for r in rounds) * 2 > len(rounds)
+        stats.unstable  # the pooled samples' IQR/median (what results show prints)
+        or sum(r.stats.unstable for r in rounds) * 2 > len(rounds)
         or spread > protocol.unstable_threshold
     )
     stats = dataclasses.replace(
