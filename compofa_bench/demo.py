@@ -20,8 +20,14 @@ from compofa_bench.errors import SearchError
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """The demo's choices. The default device is ``cpu-ort-1t`` pinned to the host's quietest
+    core (``pin_quietest``): one thread on one core is what another busy process disturbs
+    least (on a 2-core host the other process gets the other core), and its contention is
+    measured on that core alone. Every end-to-end measurement takes 3 interleaved ``rounds``;
+    ``tolerance`` is the share by which a re-measured winner may exceed its target."""
+
     out_dir: str = "out/demo"
-    device: str = "cpu-ort"
+    device: str = "cpu-ort-1t"
     space: str = "compofa"
     resolutions: tuple[int, ...] = (160, 224)
     sample: int = 8
@@ -41,6 +47,12 @@ class DemoConfig:
     #: BN recalibration data for ``checkpoint``'s subnets
     calib_data: str = "fashion-mnist"
     export: str = "onnx"
+    rounds: int = 3
+    tolerance: float = 0.10
+    pin_quietest: bool = True
+    wait_idle_s: float = 0.0
+    wait: bool = True
+    accept_unstable: bool = False
 
     @property
     def store(self) -> str:
@@ -94,6 +106,9 @@ class DemoResult:
     targets: tuple[float, ...]
     search: dict[str, Any]
     accuracy_note: str = ""
+    #: ``verdict.table_verdict`` of the validation, and where the device was pinned
+    table_verdict: dict[str, Any] | None = None
+    pinned_cpu: int | None = None
 
 
 def auto_targets(lut_path: str, space_name: str, resolutions: tuple[int, ...]) -> tuple[float, ...]:
@@ -115,16 +130,30 @@ def auto_targets(lut_path: str, space_name: str, resolutions: tuple[int, ...]) -
 def run_demo(
     cfg: DemoConfig, step: Callable[[str], None] = lambda _msg: None, show_progress: bool = True
 ) -> DemoResult:
-    from compofa_bench import spaces
+    from compofa_bench import spaces, verdict
     from compofa_bench.devices import load_device
     from compofa_bench.export import SearchJob, run_search_job
+    from compofa_bench.host_load import quietest_cpu
     from compofa_bench.lut.build import build_table
     from compofa_bench.lut.validate import validate_table
     from compofa_bench.profile import profile_archs, select_archs
     from compofa_bench.store import ResultStore
+    from compofa_bench.timing_run import RunOptions, device_cpus
 
+    run = RunOptions(
+        rounds=cfg.rounds,
+        wait_idle_s=cfg.wait_idle_s,
+        wait=cfg.wait,
+        accept_unstable=cfg.accept_unstable,
+    )
+    verdict.check_tolerance(cfg.tolerance)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     device = load_device(cfg.device)
+    pinned = None
+    if cfg.pin_quietest and _one_thread_cpu(device):
+        pinned = _pinned_cpu(Path(cfg.out_dir), device_cpus(device), quietest_cpu)
+        device = device.with_options(affinity=[pinned])
+        step(f"pinning {device.name} to CPU {pinned}, the quietest core when this demo began")
     space = spaces.get(cfg.space, cfg.resolutions)
 
     step(f"1/4 profile {cfg.sample} random {space.name} archs at {list(space.resolutions)}")
@@ -132,13 +161,15 @@ def run_demo(
     archs = select_archs(space.name, sample=cfg.sample, seed=cfg.seed, resolutions=cfg.resolutions)
     with ResultStore(cfg.store) as store:
         summaries = profile_archs(
-            archs, [device], store, space=space.name, base=space.base, show_progress=show_progress
-        )
+            archs, [device], store, space=space.name, base=space.base,
+            show_progress=show_progress, run=run,
+        )  # fmt: skip
 
     step(f"2/4 build the per-layer lookup table of {space.name} on {device.name}")
     _table, table_summary = build_table(
-        device, space, store_path=cfg.store, out=cfg.lut, show_progress=show_progress
-    )
+        device, space, store_path=cfg.store, out=cfg.lut, show_progress=show_progress,
+        run=run.replace(rounds=1),
+    )  # fmt: skip
 
     step("3/4 validate the table against the end-to-end measurements")
     validation = validate_table(
@@ -150,6 +181,7 @@ def run_demo(
         store_path=cfg.store,
         plot=Path(cfg.out_dir) / "lut_validation.png",
         show_progress=show_progress,
+        run=run,
     )
 
     targets = cfg.targets or auto_targets(cfg.lut, space.name, cfg.resolutions)
@@ -184,8 +216,39 @@ def run_demo(
         resolutions=cfg.resolutions,
         seed=cfg.seed,
         export=cfg.export,
-        device=cfg.device,
+        device=device,
         store=cfg.store,
+        tolerance=cfg.tolerance,
+        run=run,
     )
     doc = run_search_job(job)
-    return DemoResult(summaries, table_summary, validation, tuple(targets), doc, note)
+    tv = verdict.table_verdict(validation, cfg.tolerance)
+    return DemoResult(
+        summaries, table_summary, validation, tuple(targets), doc,
+        accuracy_note=note, table_verdict=tv, pinned_cpu=pinned,
+    )  # fmt: skip
+
+
+def _pinned_cpu(out_dir: Path, cpus: tuple[int, ...], choose: Callable[..., int]) -> int:
+    """The core this demo's folder was pinned to (the affinity is part of the device's
+    fingerprint, so a rerun must keep it to resume), else the quietest core now."""
+    import json
+
+    from compofa_bench.fileio import atomic_write_text
+
+    path = out_dir / "pinned_cpu.json"
+    try:
+        cpu = int(json.loads(path.read_text())["cpu"])
+        if cpu in cpus:
+            return cpu
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet (or unreadable): choose again
+    cpu = choose(cpus)
+    atomic_write_text(path, json.dumps({"cpu": cpu}) + "\n")
+    return cpu
+
+
+def _one_thread_cpu(device: Any) -> bool:
+    """A one-thread ONNX Runtime CPU device not already pinned (what the demo pins)."""
+    o = device.options
+    return device.adapter == "cpu-ort" and o.get("threads") == 1 and not o.get("affinity")

@@ -13,6 +13,10 @@ A device file::
     min_runs = 20
     batch_size = 1     # a top-level batch_size = N is accepted too
 
+A top-level ``shares_host_cpus = false`` says that the device's timing does not run on this
+host's CPUs (a GPU, a phone over ADB): its timing runs may then overlap with a CPU device's,
+and they take a lock named after the device instead of the host's CPU locks. Default: true.
+
 Where names are looked up, first match wins:
 
 1. directories in ``$COMPOFA_BENCH_DEVICES`` (``os.pathsep``-separated);
@@ -25,6 +29,7 @@ Anything ending in ``.toml`` or containing a path separator is read as a path in
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -45,7 +50,9 @@ if TYPE_CHECKING:
     from compofa_bench.adapters.base import Adapter
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_TOP_KEYS = {"name", "adapter", "description", "options", "protocol", "batch_size"}
+_TOP_KEYS = {
+    "name", "adapter", "description", "options", "protocol", "batch_size", "shares_host_cpus",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,17 +63,14 @@ class DeviceSpec:
     protocol: Protocol = field(default_factory=Protocol)
     path: Path | None = None
     description: str = ""
+    #: False: timing does not use this host's CPUs (GPU, phone); see the module docstring
+    shares_host_cpus: bool = True
 
     def with_protocol(self, protocol: Protocol) -> DeviceSpec:
-        return DeviceSpec(
-            self.name, self.adapter, dict(self.options), protocol, self.path, self.description
-        )
+        return dataclasses.replace(self, options=dict(self.options), protocol=protocol)
 
     def with_options(self, **options: Any) -> DeviceSpec:
-        merged = {**self.options, **options}
-        return DeviceSpec(
-            self.name, self.adapter, merged, self.protocol, self.path, self.description
-        )
+        return dataclasses.replace(self, options={**self.options, **options})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class DeviceSpec:
             "options": dict(self.options),
             "protocol": self.protocol.to_dict(),
             "path": str(self.path) if self.path else None,
+            "shares_host_cpus": self.shares_host_cpus,
         }
 
 
@@ -170,7 +175,10 @@ def parse_device(raw: Mapping[str, Any], path: Path | None = None) -> DeviceSpec
     except MeasurementError as exc:
         raise DeviceError(f"{where}: {exc}") from None
     description = raw.get("description", "")
-    return DeviceSpec(name, adapter, dict(options), protocol, path, str(description))
+    shares = raw.get("shares_host_cpus", True)
+    if not isinstance(shares, bool):
+        raise DeviceError(f"{where}: 'shares_host_cpus' must be true or false")
+    return DeviceSpec(name, adapter, dict(options), protocol, path, str(description), shares)
 
 
 def _adapter_kinds() -> list[str]:

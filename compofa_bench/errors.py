@@ -72,3 +72,7 @@ class MissingDependencyError(CompofaError):
         )
         self.package = package
         self.extra = extra
+
+
+class LockBusyError(CompofaError):
+    """Another timing run holds the CPUs (or device) this one needs, and this one may not wait."""

@@ -221,16 +221,20 @@ def export_arch(
 def measure_artifact(
     module: Any,
     arch: Arch,
-    device: str,
+    device: Any,
     store_path: str | Path | None = None,
     source: SubnetSource = SubnetSource(),
+    run: Any = None,
 ) -> dict[str, Any]:
     """Latency of ``module`` on ``device`` through its adapter (which builds its own runtime
-    artifact from the same module: ONNX for cpu-ort, TFLite for phones, an engine for GPUs)."""
+    artifact from the same module: ONNX for cpu-ort, TFLite for phones, an engine for GPUs).
+    ``run``: a :class:`~compofa_bench.timing_run.RunOptions` (default: 3 rounds, as every check
+    of a prediction)."""
     from compofa_bench import devices, profile
     from compofa_bench.store import ResultStore
+    from compofa_bench.timing_run import CHECK_ROUNDS, RunOptions
 
-    spec = devices.load_device(device)
+    spec = device if isinstance(device, devices.DeviceSpec) else devices.load_device(device)
     store_file = Path(store_path) if store_path else None
     with tempfile.TemporaryDirectory() as tmp:
         path = store_file or Path(tmp) / "results.sqlite"
@@ -245,6 +249,7 @@ def measure_artifact(
                 show_progress=False,
                 skip_done=False,
                 build_module=lambda _a: module,
+                run=run or RunOptions(rounds=CHECK_ROUNDS),
             )
             s = summaries[0].to_dict()
     row = next((r for r in s["results"] if r["key"] == arch.key()), None)
@@ -255,6 +260,10 @@ def measure_artifact(
         "device": spec.name,
         "median_ms": row["median_ms"],
         "unstable": row["unstable"],
+        "contended": row["contended"],
+        "other_cpu": row["other_cpu"],
+        "rounds": row["rounds"],
+        "noise_floor": s["noise_floor"],
         "fingerprint_hash": s["fingerprint_hash"],
     }
 
@@ -282,13 +291,18 @@ class SearchJob:
     generations: int | None = None
     mutate_prob: float = 0.1
     export: str | None = None
-    device: str | None = None
+    #: a device name or TOML path, or a DeviceSpec (the demo passes its pinned device)
+    device: Any = None
     store: str = "results.db"
     allow_width_mismatch: bool = False
     source: SubnetSource = SubnetSource()
     #: a predictor trained at other resolutions scores the search's by rank order
     #: (``predictor.map_resolutions``; the demo's Fashion-MNIST predictor at 160/224 px)
     map_predictor_resolutions: bool = False
+    #: measured > target x (1 + tolerance) is MISSED (compofa_bench.verdict)
+    tolerance: float = 0.10
+    #: how winners are re-measured (a timing_run.RunOptions; None: 3 rounds)
+    run: Any = None
 
 
 def _target_dir(out: Path, target: float, unit: str) -> Path:
@@ -305,7 +319,7 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
     import numpy as np
 
     from compofa_bench import search as S
-    from compofa_bench import spaces
+    from compofa_bench import spaces, verdict
     from compofa_bench.errors import SearchError
 
     space = spaces.get(job.space, job.resolutions)
@@ -388,12 +402,15 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
                 if job.device:
                     module, _ = builder.extract(r.arch)
                     res.measured = measure_artifact(
-                        module, r.arch, job.device, job.store, job.source
+                        module, r.arch, job.device, job.store, job.source, job.run
                     )
                 item["export"] = res.to_dict()
                 if res.measured is not None:
                     item["measured_latency_ms"] = res.measured["median_ms"]
                     item["measured_device"] = res.measured["device"]
+                    if unit == "ms":
+                        v = verdict.check(r.target, r.cost, res.measured, job.tolerance)
+                        item["verdict"] = v.to_dict()
                 if on_export is not None:
                     on_export(item)
             atomic_write_json(tdir / "result.json", item)
@@ -418,6 +435,7 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
         if outcome.fastest is None
         else {"arch": outcome.fastest[0].to_ofa(), "cost": outcome.fastest[1]},
         "targets": targets_out,
+        "verdict": verdict.summarize(targets_out, job.tolerance),
         "frontier": frontier,
     }
     atomic_write_json(

@@ -44,10 +44,17 @@ class Protocol:
     batch_size: int = 1
     #: IQR / median above which a measurement is flagged unstable.
     unstable_threshold: float = 0.10
-    #: How many times an unstable measurement is re-taken (the most stable attempt is kept).
+    #: How many times an unstable measurement is re-taken within a run (the most stable attempt
+    #: is kept), and how many times a later run measures an unstable or contended row again.
     remeasure: int = 0
     #: Seconds to sleep before each workload, to let a phone or laptop cool down.
     cooldown_s: float = 0.0
+    #: Share of the measured CPUs' capacity used by other processes (or stolen by the
+    #: hypervisor) above which a measurement is marked contended (see compofa_bench.host_load).
+    contention_threshold: float = 0.10
+    #: Relative drift between a timing run's first and last probe of a reference workload
+    #: above which the run warns that its noise floor is too high to trust small differences.
+    noise_floor_threshold: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("warmup_runs", "min_runs", "batch_size", "remeasure"):
@@ -55,7 +62,8 @@ class Protocol:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise MeasurementError(f"protocol {name}: expected an integer, got {v!r}")
             object.__setattr__(self, name, int(v))
-        for name in ("warmup_min_s", "min_s", "max_s", "unstable_threshold", "cooldown_s"):
+        for name in ("warmup_min_s", "min_s", "max_s", "unstable_threshold", "cooldown_s",
+                     "contention_threshold", "noise_floor_threshold"):  # fmt: skip
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise MeasurementError(f"protocol {name}: expected a number, got {v!r}")
@@ -75,16 +83,20 @@ class Protocol:
             )
         if self.unstable_threshold <= 0:
             raise MeasurementError("protocol unstable_threshold must be > 0")
+        for name in ("contention_threshold", "noise_floor_threshold"):
+            if getattr(self, name) <= 0:
+                raise MeasurementError(f"protocol {name} must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
         """Identifies the protocol for resume: every field that changes the numbers.
-        ``cooldown_s`` and ``remeasure`` are left out: they change when, not what, is measured."""
+        ``cooldown_s`` and ``remeasure`` are left out: they change when, not what, is measured;
+        the two thresholds too: they judge a measurement, they do not change it."""
         d = self.to_dict()
-        d.pop("cooldown_s")
-        d.pop("remeasure")
+        for name in ("cooldown_s", "remeasure", "contention_threshold", "noise_floor_threshold"):
+            d.pop(name)
         return _short_hash(d)
 
     def replace(self, **overrides: Any) -> Protocol:

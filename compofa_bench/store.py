@@ -5,7 +5,17 @@ timeout, and one short ``BEGIN IMMEDIATE`` transaction per measurement, so a Ctr
 loses at most the measurement in flight and never leaves a half-written row.
 
 The schema is versioned with ``PRAGMA user_version``; a file written by a newer compofa-bench
-is refused rather than misread.
+is refused rather than misread, and an older one is migrated in place when opened for writing
+(version 1 -> 2 adds the host-load, rounds and run columns and the ``runs`` and ``rounds``
+tables; old rows read as one round, not contended). Read-only, an old file is read as it is:
+the columns it lacks read as NULL.
+
+Schema 2 adds what makes a number trustworthy on a shared host: each row carries the other
+processes' load while it was timed (``other_cpu``, ``steal``, ``load_avg_1m``, ``contended``),
+how many interleaved rounds it combines and with which ``estimator``, and the ``run_id`` of
+its timing run. ``runs`` holds one row per timing run (its noise-floor probes and counts);
+``rounds`` holds every round's samples as it is taken, so an interrupted multi-round run loses
+nothing.
 
 Identity of a measurement (what resume skips and memoization looks up):
 ``(fingerprint_hash, protocol_hash, kind, cache_key)``. ``cache_key`` already holds everything
@@ -23,7 +33,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,11 +43,80 @@ from compofa_bench.errors import MissingDependencyError, StoreError
 from compofa_bench.fileio import atomic_write_text
 from compofa_bench.measure import Stats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STAT_COLUMNS = tuple(
     f.name for f in dataclasses.fields(Stats) if f.name not in ("unstable", "source", "count")
 )
+
+#: Columns schema 2 adds to ``measurements`` (a version-1 file gets them by ALTER TABLE).
+V2_COLUMNS = (
+    ("contended", "INTEGER"),
+    ("other_cpu", "REAL"),
+    ("steal", "REAL"),
+    ("load_avg_1m", "REAL"),
+    ("host_load_json", "TEXT"),
+    ("rounds", "INTEGER"),
+    ("estimator", "TEXT"),
+    ("run_id", "INTEGER"),
+)
+_V2_COLUMNS_SQL = "".join(f",\n    {c} {t}" for c, t in V2_COLUMNS)
+
+_V2_TABLES = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    device TEXT NOT NULL,
+    fingerprint_hash TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    host TEXT,
+    pid INTEGER,
+    cpus TEXT,
+    rounds INTEGER NOT NULL,
+    order_seed INTEGER,
+    probe_key TEXT,
+    probe_before_ms REAL,
+    probe_after_ms REAL,
+    noise_floor REAL,
+    measured INTEGER,
+    contended INTEGER,
+    unstable INTEGER,
+    failed INTEGER,
+    skipped INTEGER,
+    interrupted INTEGER,
+    wall_s REAL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    finished_at TEXT NOT NULL,
+    fingerprint_hash TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    cache_key TEXT NOT NULL,
+    workload_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    median_ms REAL,
+    unstable INTEGER,
+    contended INTEGER,
+    other_cpu REAL,
+    host_load_json TEXT,
+    samples_json TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_rounds ON rounds (run_id, cache_key);
+CREATE TABLE IF NOT EXISTS claims (
+    fingerprint_hash TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    cache_key TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    claimed_at TEXT NOT NULL,
+    PRIMARY KEY (fingerprint_hash, protocol_hash, kind, cache_key)
+);
+"""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS measurements (
@@ -70,12 +149,13 @@ CREATE TABLE IF NOT EXISTS measurements (
     summary_json TEXT,
     raw_output TEXT,
     prepare_json TEXT,
-    meta_json TEXT
+    meta_json TEXT{_V2_COLUMNS_SQL}
 );
 CREATE INDEX IF NOT EXISTS ix_identity
     ON measurements (fingerprint_hash, protocol_hash, kind, cache_key, status);
 CREATE INDEX IF NOT EXISTS ix_lookup
     ON measurements (workload_key, fingerprint_hash, batch_size, status);
+{_V2_TABLES}
 """
 
 #: Columns ``rows()`` and the exports return (the bulky JSON columns are opt-in).
@@ -84,6 +164,7 @@ SUMMARY_COLUMNS = (
     "protocol_hash", "kind", "workload_key", "space", "resolution", "batch_size", "width_mult",
     "median_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "iqr_ms",
     "cv", "ci95_low_ms", "ci95_high_ms", "count", "unstable", "attempts", "arch_json",
+    "contended", "other_cpu", "steal", "load_avg_1m", "rounds", "estimator", "run_id",
 )  # fmt: skip
 
 
@@ -120,6 +201,12 @@ class Measurement:
     meta: Mapping[str, Any] = field(default_factory=dict)
     started_at: str = field(default_factory=utc_now)
     finished_at: str = field(default_factory=utc_now)
+    #: the other processes' load while it was timed (``HostLoad.to_dict()`` of the worst round)
+    host_load: Mapping[str, Any] | None = None
+    contended: bool | None = None
+    rounds: int = 1
+    estimator: str = "median"
+    run_id: int | None = None
 
     @property
     def fingerprint_hash(self) -> str:
@@ -128,6 +215,25 @@ class Measurement:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def _done(
+    rows: Iterable[Sequence[Any]], include_failed: bool, accept_unstable: bool, remeasure: int
+) -> set[str]:
+    """The cache keys that ``(cache_key, status, bad)`` rows make done (see ``done_keys``)."""
+    tries: dict[str, int] = {}
+    done: set[str] = set()
+    for ck, status, bad in rows:
+        if status == "failed":
+            if include_failed:
+                done.add(ck)
+        elif accept_unstable or not bad:
+            done.add(ck)
+        else:
+            tries[ck] = tries.get(ck, 0) + 1
+            if tries[ck] > remeasure:
+                done.add(ck)
+    return done
 
 
 def _finite(x: float) -> float | None:
@@ -237,6 +343,9 @@ class ResultStore:
         conn.execute("PRAGMA synchronous = NORMAL")
         if version == SCHEMA_VERSION:
             return
+        if version == 1:
+            self._migrate_v1()
+            return
         if version == 0:
             tables = conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
@@ -251,6 +360,27 @@ class ResultStore:
                 if stmt.strip():
                     conn.execute(stmt)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _migrate_v1(self) -> None:
+        """Version 1 -> 2: new columns (NULL in old rows: read as one round, not contended)
+        and the ``runs`` and ``rounds`` tables. One transaction; a racing process that
+        migrated first leaves nothing to do."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+                have = {r[1] for r in conn.execute("PRAGMA table_info(measurements)")}
+                for col, typ in V2_COLUMNS:
+                    if col not in have:
+                        conn.execute(f"ALTER TABLE measurements ADD COLUMN {col} {typ}")
+                for stmt in _V2_TABLES.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -305,6 +435,14 @@ class ResultStore:
             "raw_output": m.raw_output,
             "prepare_json": _dumps(dict(m.prepare_s)),
             "meta_json": _dumps(dict(m.meta)) if m.meta else None,
+            "contended": None if m.contended is None else int(m.contended),
+            "other_cpu": (m.host_load or {}).get("other_cpu"),
+            "steal": (m.host_load or {}).get("steal"),
+            "load_avg_1m": (m.host_load or {}).get("load_avg_1m"),
+            "host_load_json": _dumps(dict(m.host_load)) if m.host_load else None,
+            "rounds": m.rounds,
+            "estimator": m.estimator if m.status == "ok" else None,
+            "run_id": m.run_id,
         }
         for c in STAT_COLUMNS:
             row[c] = _finite(getattr(s, c)) if s else None
@@ -327,15 +465,141 @@ class ResultStore:
 
     # ----------------------------------------------------------------- resume / memoization
     def done_keys(
-        self, fingerprint_hash: str, protocol_hash: str, kind: str, include_failed: bool = False
+        self,
+        fingerprint_hash: str,
+        protocol_hash: str,
+        kind: str,
+        include_failed: bool = False,
+        *,
+        min_rounds: int = 1,
+        accept_unstable: bool = True,
+        remeasure: int = 0,
     ) -> set[str]:
-        """``cache_key``s already measured with this fingerprint and protocol."""
-        statuses = ("ok", "failed") if include_failed else ("ok",)
+        """``cache_key``s already measured with this fingerprint and protocol.
+
+        An ok row counts when it combines at least ``min_rounds`` rounds. Unless
+        ``accept_unstable``, an unstable or contended row does not make its workload done:
+        it is measured again, until ``remeasure`` such rows exist beyond the first (then the
+        store keeps them all and the latest is what look-ups return). Failed rows count only
+        with ``include_failed``."""
         q = (
-            "SELECT DISTINCT cache_key FROM measurements WHERE fingerprint_hash = ? AND "
-            f"protocol_hash = ? AND kind = ? AND status IN ({','.join('?' * len(statuses))})"
+            "SELECT cache_key, status, coalesce(unstable, 0) OR coalesce(contended, 0) AS bad "
+            "FROM measurements WHERE fingerprint_hash = ? AND protocol_hash = ? AND kind = ? "
+            "AND (status = 'failed' OR coalesce(rounds, 1) >= ?)"
         )
-        return {r[0] for r in self._query(q, (fingerprint_hash, protocol_hash, kind, *statuses))}
+        rows = self._query(q, (fingerprint_hash, protocol_hash, kind, min_rounds))
+        return _done(rows, include_failed, accept_unstable, remeasure)
+
+    def claim(
+        self,
+        ident: tuple[str, str, str, str],
+        owner: str,
+        *,
+        include_failed: bool = False,
+        min_rounds: int = 1,
+        accept_unstable: bool = True,
+        remeasure: int = 0,
+        alive: Callable[[str], bool] = lambda _owner: True,
+    ) -> bool:
+        """Claim the workload ``ident = (fingerprint_hash, protocol_hash, kind, cache_key)``
+        for measuring, in one transaction: False when it is done already (as
+        :meth:`done_keys` decides) or claimed by another ``owner`` that is still ``alive``.
+        Two processes on one store thus never measure the same workload twice, whatever CPUs
+        they run on. Release with :meth:`release_claims`."""
+        fh, ph, kind, ck = ident
+        q = (
+            "SELECT cache_key, status, coalesce(unstable, 0) OR coalesce(contended, 0) AS bad "
+            "FROM measurements WHERE fingerprint_hash = ? AND protocol_hash = ? AND kind = ? "
+            "AND cache_key = ? AND (status = 'failed' OR coalesce(rounds, 1) >= ?)"
+        )
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                rows = self._conn.execute(q, (fh, ph, kind, ck, min_rounds)).fetchall()
+                if _done(rows, include_failed, accept_unstable, remeasure):
+                    self._conn.execute("COMMIT")
+                    return False
+                held = self._conn.execute(
+                    "SELECT owner FROM claims WHERE fingerprint_hash = ? AND protocol_hash = ? "
+                    "AND kind = ? AND cache_key = ?",
+                    ident,
+                ).fetchone()
+                if held is not None and held[0] != owner and alive(held[0]):
+                    self._conn.execute("COMMIT")
+                    return False
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                    (*ident, owner, utc_now()),
+                )
+                self._conn.execute("COMMIT")
+                return True
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to results store {self.path}: {exc}") from None
+                raise
+
+    def release_claims(self, owner: str, cache_key: str | None = None) -> None:
+        """Drop ``owner``'s claims (one ``cache_key``'s, or all)."""
+        if cache_key is None:
+            self._write("DELETE FROM claims WHERE owner = ?", (owner,))
+        else:
+            self._write("DELETE FROM claims WHERE owner = ? AND cache_key = ?", (owner, cache_key))
+
+    # ----------------------------------------------------------------- timing runs
+    def start_run(self, **fields: Any) -> int:
+        """A ``runs`` row for a timing run that starts now; returns its id."""
+        return self._insert("runs", {"started_at": utc_now(), **fields})
+
+    def finish_run(self, run_id: int, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._write(
+            f"UPDATE runs SET finished_at = ?, {sets} WHERE id = ?",
+            (utc_now(), *fields.values(), run_id),
+        )
+
+    def add_round(self, **fields: Any) -> int:
+        """One round of one workload, written as soon as it is timed."""
+        return self._insert("rounds", {"finished_at": utc_now(), **fields})
+
+    def runs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Timing runs, newest first (none in a version-1 store)."""
+        if not self._has_table("runs"):
+            return []
+        q = "SELECT * FROM runs ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return [dict(r) for r in self._query(q, ())]
+
+    def round_rows(self, run_id: int | None = None) -> list[dict[str, Any]]:
+        if not self._has_table("rounds"):
+            return []
+        where, params = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
+        return [dict(r) for r in self._query(f"SELECT * FROM rounds {where} ORDER BY id", params)]
+
+    def _has_table(self, name: str) -> bool:
+        q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return bool(self._query(q, (name,)))
+
+    def _insert(self, table: str, row: Mapping[str, Any]) -> int:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        return self._write(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(row.values()))
+
+    def _write(self, q: str, params: Sequence[Any]) -> int:
+        if self.readonly:
+            raise StoreError(f"results store {self.path} is open read-only")
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                cur = self._conn.execute(q, tuple(params))
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to results store {self.path}: {exc}") from None
+                raise
+            return int(cur.lastrowid or 0)
 
     def lookup(
         self,
@@ -404,11 +668,14 @@ class ResultStore:
     ) -> list[dict[str, Any]]:
         """Measurements as dicts, oldest first, filtered by column equality."""
         valid = {r[1] for r in self._query("PRAGMA table_info(measurements)", ())}
-        bad = [c for c in columns if c not in valid]
+        newer = {c for c, _ in V2_COLUMNS}
+        bad = [c for c in columns if c not in valid and c not in newer]
         if bad:
             raise StoreError(f"unknown column(s) {', '.join(bad)}")
         where, params = self._filters(**filters)
-        q = f"SELECT {', '.join(columns)} FROM measurements WHERE 1=1{where} ORDER BY id"
+        # a version-1 file opened read-only lacks the schema-2 columns: they read as NULL
+        sel = ", ".join(c if c in valid else f"NULL AS {c}" for c in columns)
+        q = f"SELECT {sel} FROM measurements WHERE 1=1{where} ORDER BY id"
         if limit is not None:
             q += f" LIMIT {int(limit)}"
         return [dict(r) for r in self._query(q, tuple(params))]

@@ -93,6 +93,7 @@ def spec_for(daemon: AdbDaemon, binary: Path, tmp_path: Path, **options: Any):
     raw = {
         "name": name,
         "adapter": "android-adb",
+        "shares_host_cpus": False,  # as the android-example.toml template says
         "options": opts,
         "protocol": {"warmup_runs": 3, "min_runs": 7, "min_s": 0.25, "max_s": 2.0},
     }
@@ -309,9 +310,10 @@ def test_two_phones_profile_into_one_store(tmp_path: Path, cat_binary: Path) -> 
         AdbDaemon(tmp_path / "p2", faults=Faults(drop_on="--graph=")) as d2,
         ResultStore(tmp_path / "results.db") as store,
     ):
+        # two phones (the loopback daemons describe the same phone: threads tell them apart)
         specs = [
             spec_for(d1, cat_binary, tmp_path, name="phone-1"),
-            spec_for(d2, cat_binary, tmp_path, name="phone-2", retries=0),
+            spec_for(d2, cat_binary, tmp_path, name="phone-2", retries=0, threads=1),
         ]
         summaries = profile_archs(
             archs, specs, store, space="compofa", show_progress=False,

@@ -139,6 +139,7 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
 def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, workdir):
     from compofa_bench.lut.validate import interleave_order, validate_table
     from compofa_bench.store import ResultStore
+    from compofa_bench.timing_run import RunOptions
 
     lut = workdir / "interleave.json"
     lut.write_text((workdir / "t.json").read_text())  # a copy: the test may write next to it
@@ -147,10 +148,17 @@ def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, wo
     report = validate_table(
         lut, workdir / "dev.toml", "compofa", n_sample=n, n_calibrate=m, seed=seed,
         store_path=store, show_progress=False,
+        run=RunOptions(rounds=1),  # one round keeps the interleaved order (more shuffle it)
     )  # fmt: skip
     archs = spaces.get("compofa", [RES]).sample_many(n + m, np.random.default_rng(seed))
     # The validation set is archs[:n], in order, exactly as before interleaving.
     assert [row["key"] for row in report["archs"]] == [a.key() for a in archs[:n]]
+    # every prediction checked: measured/predicted per arch, contended ones listed
+    assert all(
+        row["measured_over_predicted"] == pytest.approx(row["measured_ms"] / row["predicted_ms"])
+        for row in report["archs"]
+    )
+    assert set(report["measurement"]["contended"]) <= {a.key() for a in archs}
     with ResultStore(store) as st:
         rows = st.rows(("workload_key", "median_ms"), kind="network")
     measured_order = [r["workload_key"] for r in rows]

@@ -152,7 +152,10 @@ def test_kill_leaves_store_consistent_and_rerun_resumes(tmp_path: Path) -> None:
 def test_two_devices_one_store(tmp_path: Path) -> None:
     space = spaces.get("compofa", [128])
     archs = space.sample_many(3, np.random.default_rng(0))
-    devices = [spec(tmp_path, "dev-a"), spec(tmp_path, "dev-b")]
+    # two configurations (same name, same options would be the same device to the store)
+    b = spec(tmp_path, "dev-b")
+    b = b.with_options(graph_optimization="basic")
+    devices = [spec(tmp_path, "dev-a"), b]
     with ResultStore(tmp_path / "r.db") as store:
         summaries = profile_archs(
             archs, devices, store, space="compofa", show_progress=False,
@@ -160,6 +163,10 @@ def test_two_devices_one_store(tmp_path: Path) -> None:
         )  # fmt: skip
         assert sorted(s.device for s in summaries) == ["dev-a", "dev-b"]
         rows = store.rows()
+        # both share this host's CPUs: their timing runs came one after the other
+        runs = sorted(store.runs(), key=lambda r: r["id"])
+        assert [r["device"] for r in runs] == ["dev-a", "dev-b"]
+        assert runs[0]["finished_at"] <= runs[1]["started_at"]
     assert sorted((r["device"], r["workload_key"]) for r in rows) == sorted(
         (d, a.key()) for d in ("dev-a", "dev-b") for a in archs
     )
@@ -209,17 +216,38 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_cli_profile_then_results(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from compofa_bench import hostlock
+    from compofa_bench.devices import load_device
+    from compofa_bench.timing_run import device_cpus
+
+    # lock files left by a dead process (and one unreadable): taken over, with a message
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    names = hostlock.cpu_lock_names(device_cpus(load_device("cpu-ort-1t")))
+    locks = cli_env / "cache" / "locks"
+    locks.mkdir(parents=True)
+    stale = {"pid": int(dead.stdout), "started": 1.0, "command": "profile", "since": 1.0}
+    (locks / f"{names[0]}.lock").write_text(json.dumps(stale))
+    (locks / f"{names[-1]}.lock").write_bytes(b"\x00garbage")  # the same file on one CPU
     rc = main(["profile", "--device", "cpu-ort-1t", "--sample", "1", "--resolutions", "128",
                "--store", "r.db", "--json", *FAST_ARGS])  # fmt: skip
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["devices"][0]["measured"] == 1
+    assert f"took over the stale lock {names[0]}.lock of pid {int(dead.stdout)}" in captured.err
+    if len(names) > 1:
+        assert "was unreadable; overwriting it" in captured.err
+    # kept even if this busy host made it unstable or contended
     rc = main(["profile", "--device", "cpu-ort-1t", "--sample", "1", "--resolutions", "128",
-               "--store", "r.db", "--json", *FAST_ARGS])  # fmt: skip
+               "--store", "r.db", "--json", "--accept-unstable", *FAST_ARGS])  # fmt: skip
     assert rc == 0 and json.loads(capsys.readouterr().out)["devices"][0]["skipped"] == 1
     assert main(["results", "show", "--store", "r.db", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["arch"]["r"] == [128] and rows[0]["median_ms"] > 0
+    # what else ran on the host, and how the estimate was made, are part of every row
+    assert rows[0]["contended"] in (0, 1) and 0.0 <= rows[0]["other_cpu"] <= 1.0
+    assert rows[0]["rounds"] == 1 and rows[0]["estimator"] == "median" and rows[0]["run_id"]
     assert main(["results", "export", "--store", "r.db", "--format", "csv", "--out", "o.csv"]) == 0
     assert (cli_env / "o.csv").read_text().startswith("id,")
     assert main(["results", "show", "--store", "r.db"]) == 0

@@ -18,6 +18,7 @@ from compofa_bench.cli.common import (
     read_json,
 )
 from compofa_bench.cli.profile import add_protocol_args, protocol_overrides
+from compofa_bench.cli.timing_args import add_run_args, run_options
 from compofa_bench.errors import LutError
 from compofa_bench.lut.methods import DEFAULT_METHOD, METHODS
 
@@ -96,6 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--seed", type=int, default=0, help="learned: which fit archs (default 0)")
     add_protocol_args(p)
+    add_run_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)
 
@@ -177,6 +179,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default="results.db")
     p.add_argument("--plot", default=None, help="write a predicted-vs-measured scatter PNG")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_run_args(p, default_rounds=3)
     p.set_defaults(func=cmd_validate)
 
     p = lut_sub.add_parser(
@@ -482,6 +485,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         out=Path(args.out),
         protocol_overrides=protocol_overrides(args),
         method=method,
+        run=run_options(args),
     )
     if args.json:
         print_json(summary)
@@ -511,6 +515,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         resolutions=args.resolutions,
         out=args.out,
         strict=args.strict,
+        run=run_options(args),
     )
     warn(report["warnings"])
     if args.json:
@@ -554,6 +559,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
         out.print(
             f"calibration fitted on {c['fitted_on']} separate archs on {c['device']} "
             f"({c['note']}): {fit.describe()} ({where})"
+        )
+    import numpy as np
+
+    ratios = [a["measured_over_predicted"] for a in report["archs"] if a["measured_over_predicted"]]
+    m = report["measurement"]
+    floor = m.get("noise_floor")
+    out.print(
+        f"measured/predicted: median {np.median(ratios):.3f}, range {min(ratios):.2f}-"
+        f"{max(ratios):.2f}; noise floor {'-' if floor is None else f'{floor:.1%}'}"
+    )
+    if m.get("contended"):
+        out.print(
+            f"[yellow]{len(m['contended'])} of the measurements were contended (other processes "
+            "used the measured CPUs): the host was too busy to tell how good the table is; "
+            "rerun on a quiet host[/yellow]"
         )
     if args.plot:
         out.print(f"scatter plot: {args.plot}")

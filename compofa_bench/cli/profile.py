@@ -7,6 +7,7 @@ import argparse
 from rich.table import Table
 
 from compofa_bench.cli.common import console, help_formatter, print_json
+from compofa_bench.cli.timing_args import add_run_args, run_options
 
 EXAMPLES = """\
 examples:
@@ -19,9 +20,14 @@ examples:
   # machine-readable summary
   compofa-bench profile --device cpu-ort-1t --sample 5 --json
 
+  # on a shared host: 3 interleaved rounds, waiting up to 30 s for quiet before each arch
+  compofa-bench profile --device cpu-ort-1t --sample 20 --rounds 3 --wait-idle 30
+
 A rerun with the same store skips what is already measured for the same device fingerprint,
-protocol, arch (resolution included), width and batch: interrupt with Ctrl-C at any time and
-rerun to resume. Subnets are random-init unless --checkpoint is given: latency does not depend
+protocol, arch (resolution included), width and batch, except rows that were unstable or
+contended (other processes used the CPUs): those are measured again, up to the protocol's
+remeasure (--accept-unstable keeps them). Interrupt with Ctrl-C at any time and rerun to
+resume. Exit status 1 when there was something to measure and every workload failed. Subnets are random-init unless --checkpoint is given: latency does not depend
 on the values of the weights.
 """
 
@@ -66,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="supernet weights (optional: latency does not depend on weights)",
     )
     add_protocol_args(p)
+    add_run_args(p)
     p.add_argument("--force", action="store_true", help="measure again even if already stored")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -87,6 +94,11 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     )
     proto.add_argument("--unstable-threshold", type=float, help="IQR/median that flags unstable")
     proto.add_argument("--cooldown", type=float, help="seconds to sleep between workloads")
+    proto.add_argument(
+        "--contention-threshold",
+        type=float,
+        help="share of the measured CPUs used by other processes that marks a row contended",
+    )
 
 
 def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -100,6 +112,7 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:
         "remeasure": args.remeasure,
         "unstable_threshold": args.unstable_threshold,
         "cooldown_s": args.cooldown,
+        "contention_threshold": args.contention_threshold,
     }
 
 
@@ -124,6 +137,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     overrides = protocol_overrides(args)
     for s in specs:
         s.protocol.replace(**overrides)  # validates the overrides against each device
+    run = run_options(args)
     adapters = []
     try:
         for s in specs:
@@ -142,17 +156,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 skip_done=not args.force,
                 show_progress=not args.no_progress and not args.json,
                 adapters=adapters,
+                run=run,
             )
     finally:
         for a in adapters:
             a.close()
+    from compofa_bench.profile import run_succeeded
+
+    rc = 0 if run_succeeded(summaries) else 1
     if args.json:
         print_json(
             {"store": args.store, "archs": len(archs), "devices": [s.to_dict() for s in summaries]}
         )
-        return 0
+        return rc
     print_summary(summaries, args.store)
-    return 0
+    if rc:
+        console().print("[red]nothing was measured: every workload failed[/red]")
+    return rc
 
 
 def print_summary(summaries: list, store_path: str) -> None:
@@ -162,10 +182,13 @@ def print_summary(summaries: list, store_path: str) -> None:
     table = Table(title=f"profile summary ({store_path})")
     for col in (
         "device",
-        "measured",
-        "skipped",
-        "failed",
+        "ok",
         "unstable",
+        "contended",
+        "failed",
+        "skipped",
+        "rounds",
+        "noise floor",
         "fastest ms",
         "slowest ms",
         "wall s",
@@ -174,12 +197,16 @@ def print_summary(summaries: list, store_path: str) -> None:
         table.add_column(col, justify="right" if col != "device" else "left")
     for s in summaries:
         d = s.to_dict()
+        floor = d["noise_floor"]
         table.add_row(
             s.device,
-            str(d["measured"]),
-            str(d["skipped"]),
-            str(len(d["failed"])),
+            str(d["ok"]),
             str(len(d["unstable"])),
+            str(len(d["contended"])),
+            str(len(d["failed"])),
+            str(d["skipped"]),
+            str(d["rounds"]),
+            "-" if floor is None else f"{floor:.1%}",
             format_ms(d["fastest"]["median_ms"]) if d["fastest"] else "-",
             format_ms(d["slowest"]["median_ms"]) if d["slowest"] else "-",
             f"{d['wall_s']:.1f}",
@@ -197,4 +224,12 @@ def print_summary(summaries: list, store_path: str) -> None:
             out.print(
                 f"[yellow]unstable[/yellow] on {s.device} (IQR/median above threshold): "
                 f"{shown}; consider --remeasure 2 or a quieter machine"
+            )
+        if d["contended"]:
+            shown = ", ".join(d["contended"][:5]) + (" ..." if len(d["contended"]) > 5 else "")
+            worst = max((r["other_cpu"] or 0.0) for r in d["results"] if r["contended"])
+            out.print(
+                f"[yellow]contended[/yellow] on {s.device} (other processes used up to "
+                f"{worst:.0%} of the measured CPUs): {shown}; these numbers read slow. Rerun "
+                "on a quieter host (or with --wait-idle SECONDS) to measure them again"
             )

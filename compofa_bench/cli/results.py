@@ -231,14 +231,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     for col in ("id", "device"):
         table.add_column(col, justify="right" if col == "id" else "left")
     key_column(table, "workload")
-    for col in ("batch", "median ms", "95% CI ms", "p90 ms", "iqr/med", "cv", "runs", "status"):
+    for col in ("batch", "median ms", "95% CI ms", "p90 ms", "iqr/med", "cv", "runs",
+                "other cpu", "status"):  # fmt: skip
         table.add_column(col, justify="right")
     thresholds = set()
     for r in rows:
-        status = r["status"] if r["status"] == "failed" else ("unstable" if r["unstable"] else "ok")
+        status = r["status"]
+        if status == "ok":
+            # contended: other processes used the measured CPUs (see compofa_bench.host_load)
+            marks = [m for m in ("unstable", "contended") if r.get(m)]
+            status = "+".join(marks) or "ok"
         if r["status"] == "ok" and r["protocol_json"]:
             thresholds.add(json.loads(r["protocol_json"]).get("unstable_threshold"))
-        style = {"failed": "red", "unstable": "yellow"}.get(status)
+        style = "red" if status == "failed" else ("yellow" if status != "ok" else None)
         ci = (
             f"{format_ms(r['ci95_low_ms'])}-{format_ms(r['ci95_high_ms'])}"
             if r["ci95_low_ms"] is not None
@@ -255,6 +260,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             _ratio(r["iqr_over_median"]),
             _ratio(r["cv"]),
             str(r["count"] or "-"),
+            f"{r['other_cpu']:.0%}" if r.get("other_cpu") is not None else "-",
             f"[{style}]{status}[/{style}]" if style else status,
         )
     out = console()

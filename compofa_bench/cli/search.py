@@ -8,6 +8,7 @@ from rich.table import Table
 
 from compofa_bench import spaces
 from compofa_bench.cli.common import console, help_formatter, key_column, print_json, print_table
+from compofa_bench.cli.timing_args import add_run_args
 
 DESCRIPTION = """\
 Find the most accurate subnet under each latency target, in one call.
@@ -112,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or a calibration fitted on another device than the table's layers (default: a "
         "warning naming both)",
     )
+    add_verdict_args(e)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
         "--json",
@@ -120,7 +122,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predicted_latency_ms, search_seconds, ...)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_args(p, default_rounds=3)
     p.set_defaults(func=cmd_search)
+
+
+def add_verdict_args(g: argparse._ArgumentGroup) -> None:
+    """``--tolerance`` and ``--fail-on-miss`` (``search`` and ``demo``)."""
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.10,
+        metavar="FRAC",
+        help="a re-measured winner slower than its target by more than FRAC is MISSED "
+        "(default 0.10)",
+    )
+    g.add_argument(
+        "--fail-on-miss", action="store_true", help="exit with status 3 when a target is MISSED"
+    )
+
+
+def exit_status(doc: dict, fail_on_miss: bool) -> int:
+    from compofa_bench.verdict import EXIT_MISSED
+
+    missed = (doc.get("verdict") or {}).get("missed")
+    return EXIT_MISSED if fail_on_miss and missed else 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -137,6 +162,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
     if args.lut:
         _check_table(args.lut, args.space, args.device, args.strict)
+    from compofa_bench.cli.timing_args import run_options
+    from compofa_bench.verdict import check_tolerance
+
     job = X.SearchJob(
         space=args.space,
         targets=tuple(targets),
@@ -156,6 +184,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         store=args.store,
         allow_width_mismatch=args.allow_width_mismatch,
+        tolerance=check_tolerance(args.tolerance),
+        run=run_options(args),
         source=X.SubnetSource(
             base=spaces.get(args.space).base,
             checkpoint=args.checkpoint,
@@ -186,9 +216,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             doc = X.run_search_job(job, progress=progress, on_export=on_export)
     if args.json:
         print_json(doc["targets"])
-        return 0
+        return exit_status(doc, args.fail_on_miss)
     print_search(doc, args.out)
-    return 0
+    return exit_status(doc, args.fail_on_miss)
 
 
 def _measured_cell(item: dict, predicted_ms: float | None) -> str:
@@ -235,6 +265,8 @@ def print_search(doc: dict, out_dir: str) -> None:
         f"predicted {unit}",
         "MACs proxy (MMACs)" if proxy else "pred. top-1",
         "measured ms",
+        "meas./pred.",
+        "verdict",
         "parity max|d|",
     ]
     for col in cols:
@@ -244,7 +276,7 @@ def print_search(doc: dict, out_dir: str) -> None:
     for item in doc["targets"]:
         target = item.get("target_ms", item.get("target_mmacs"))
         if not item["feasible"]:
-            t.add_row(f"{target:g}", "-", "-", "-", "-", "[red]infeasible[/red]")
+            t.add_row(f"{target:g}", "-", "-", "-", "-", "-", "-", "[red]infeasible[/red]")
             notes.append(f"target {target:g}: {item['message']}")
             continue
         cost = item.get("predicted_latency_ms", item.get("mmacs"))
@@ -256,6 +288,8 @@ def print_search(doc: dict, out_dir: str) -> None:
             f"{cost:.2f}",
             f"{score:.1f}" if proxy else f"{score * 100:.2f}%",
             _measured_cell(item, cost if ms else None),
+            _ratio(item),
+            _verdict_cell(item),
             f"{parity['max_abs_diff']:.2g}" if "max_abs_diff" in parity else "-",
             item["key"],
         )
@@ -276,3 +310,20 @@ def print_search(doc: dict, out_dir: str) -> None:
     for miss in misses:
         out.print(f"[yellow]prediction missed by more than 10%: {miss}[/yellow]", soft_wrap=True)
     out.print(f"wrote {out_dir}/search.json, pareto.json, pareto.png and one folder per target")
+    v = doc.get("verdict") or {}
+    if v.get("checked"):
+        style = "red" if v["missed"] else ("yellow" if v["untrusted"] else "green")
+        out.print(f"[{style}]{v['line']}[/{style}]")
+
+
+def _ratio(item: dict) -> str:
+    v = item.get("verdict")
+    return f"{v['measured_over_predicted']:.2f}x" if v else "-"
+
+
+def _verdict_cell(item: dict) -> str:
+    v = item.get("verdict")
+    if not v:
+        return "-"
+    style = "red" if v["status"] == "MISSED" else ("yellow" if not v["trusted"] else "green")
+    return f"[{style}]{v['label']}[/{style}]"

@@ -113,6 +113,7 @@ def build_table(
     protocol_overrides: Mapping[str, Any] | None = None,
     method: BuildMethod | str | None = None,
     fit_archs: list[Arch] | None = None,
+    run: Any = None,
 ) -> tuple[LatencyTable, dict[str, Any]]:
     """Measure the layers of ``space`` (at its resolutions) on ``device`` and return the table
     and a summary; write the table to ``out`` when given. Resumable: layers the store holds for
@@ -125,7 +126,8 @@ def build_table(
     ``method`` (a :class:`~compofa_bench.lut.methods.BuildMethod` or its name; default
     ``methods.DEFAULT_METHOD``) says which probes are timed and how they become per-layer
     latencies; ``fit_archs`` replaces the archs the ``learned`` method measures end to end
-    (with the device's own protocol, as ``lut validate`` measures networks)."""
+    (with the device's own protocol, as ``lut validate`` measures networks). ``run``: rounds,
+    waiting and locking (:class:`~compofa_bench.timing_run.RunOptions`)."""
     from compofa_bench.devices import DeviceSpec, load_device, open_adapter
     from compofa_bench.profile import device_fingerprint, measure_workloads
     from compofa_bench.store import ResultStore
@@ -146,11 +148,13 @@ def build_table(
     own_adapter = adapter is None
     adp = open_adapter(spec) if adapter is None else adapter
     t0 = time.perf_counter()
+    options = run  # the name ``run`` is the summary below
     try:
         with ResultStore(store_path) as store:
             run = measure_workloads(
-                jobs, adp, store, protocol, device_name=spec.name, show_progress=show_progress
-            )
+                jobs, adp, store, protocol, device_name=spec.name, show_progress=show_progress,
+                run=options,
+            )  # fmt: skip
             measured = stored_layer_stats(store, run.fingerprint_hash, run.protocol_hash)
         fit_ms, fit_cost = None, None
         if plan.fit_archs:
@@ -159,7 +163,7 @@ def build_table(
             fit_ms, fit_cost = measure_archs(
                 plan.fit_archs, spec, store_path, space=space.name, base=space.base,
                 width_mult=width_mult, n_classes=n_classes, batch_size=protocol.batch_size,
-                adapter=adp, show_progress=show_progress,
+                adapter=adp, show_progress=show_progress, run=options,
             )  # fmt: skip
         fingerprint = device_fingerprint(adp, protocol)
         described = adp.describe()
@@ -244,6 +248,9 @@ def build_table(
         "entries": len(table),
         "measured_now": len(run.by_status("ok")),
         "reused": len(run.by_status("skipped")),
+        "contended_now": run.counts()["contended"],
+        "unstable_now": run.counts()["unstable"],
+        "noise_floor": run.noise_floor,
         "device_s": round(wall_s, 3),
         "timed_s": round(run.timed_s, 3),
         "prepare_s": {k: round(v, 3) for k, v in run.prepare_totals().items()},

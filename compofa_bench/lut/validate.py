@@ -146,11 +146,15 @@ def measure_archs(
     batch_size: int,
     adapter: Adapter | None = None,
     show_progress: bool = True,
+    run: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """End-to-end median latency of ``archs`` (in order), through ``profile`` (so archs the
-    store holds are not measured again), and what the run cost."""
+    store holds are not measured again), and what the run cost. ``run``: a
+    :class:`~compofa_bench.timing_run.RunOptions` (default: one round); ``cost["contended"]``
+    lists the archs whose measurement was contended by other processes."""
     from compofa_bench.profile import profile_archs
     from compofa_bench.store import ResultStore
+    from compofa_bench.timing_run import RunOptions
 
     with ResultStore(store_path) as store:
         (run,) = profile_archs(
@@ -158,6 +162,7 @@ def measure_archs(
             width_mult=width_mult, n_classes=n_classes,
             protocol_overrides={"batch_size": batch_size}, show_progress=show_progress,
             adapters=None if adapter is None else [adapter],
+            run=run or RunOptions(),
         )  # fmt: skip
         failed = run.by_status("failed")
         if failed:
@@ -169,6 +174,12 @@ def measure_archs(
             protocol_hash=run.protocol_hash, width_mult=width_mult, batch_size=batch_size,
             kind="network",
         )  # fmt: skip
+        rows = [
+            store.lookup(a.key(), fingerprint_hash=run.fingerprint_hash, batch_size=batch_size,
+                         protocol_hash=run.protocol_hash, width_mult=width_mult)
+            for a in archs
+        ]  # fmt: skip
+    contended = [r["workload_key"] for r in rows if r and r.get("contended")]
     missing = [a.key() for a in archs if a.key() not in found]
     if missing:
         raise LutError(f"{len(missing)} archs have no measurement (interrupted?); rerun")
@@ -178,6 +189,8 @@ def measure_archs(
         "wall_s": round(run.wall_s, 3),
         "timed_s": round(run.timed_s, 3),
         "prepare_s": {k: round(v, 3) for k, v in run.prepare_totals().items()},
+        "contended": contended,
+        "noise_floor": run.noise_floor,
     }
     return np.array([found[a.key()] for a in archs]), cost
 
@@ -191,13 +204,14 @@ def measure_for_table(
     space: str,
     show_progress: bool = True,
     adapter: Adapter | None = None,
+    run: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`measure_archs` at the table's base, width, classes and batch size."""
     batch = int(table.provenance.get("batch_size", device.protocol.batch_size))
     return measure_archs(
         archs, device, store_path, space=space, base=table.base, width_mult=table.width_mult,
         n_classes=table.n_classes, batch_size=batch, show_progress=show_progress,
-        adapter=adapter,
+        adapter=adapter, run=run,
     )  # fmt: skip
 
 
@@ -214,8 +228,13 @@ def validate_table(
     resolutions: Sequence[int] | None = None,
     out: str | Path | None = None,
     strict: bool = False,
+    run: Any = None,
 ) -> dict[str, Any]:
     """Measure ``n_sample`` random archs end to end and compare with the table.
+
+    Measured in 3 interleaved rounds unless ``run`` says otherwise; every arch's
+    measured/predicted ratio is in ``report["archs"]`` and the archs whose measurement was
+    contended by other processes in ``report["measurement"]["contended"]``.
 
     With ``n_calibrate`` > 0, that many *other* archs are measured too (interleaved in time
     with the validation archs), a calibration is fitted on them (one scale per resolution when
@@ -253,7 +272,7 @@ def validate_table(
             warnings += enforce(fingerprint_mismatches(table, now, str(lut_path)), strict)
         return _validate(
             table, spec, adapter, lut_path, space_name, n_sample, n_calibrate, seed,
-            store_path, plot, show_progress, resolutions, out, warnings,
+            store_path, plot, show_progress, resolutions, out, warnings, run,
         )  # fmt: skip
     finally:
         adapter.close()
@@ -274,9 +293,11 @@ def _validate(
     resolutions: Sequence[int] | None,
     out: str | Path | None,
     warnings: list[str],
+    run: Any = None,
 ) -> dict[str, Any]:
     from compofa_bench import spaces
     from compofa_bench.lut.provenance import check_space
+    from compofa_bench.timing_run import CHECK_ROUNDS, RunOptions
 
     space = spaces.get(space_name)
     check_space(table, space, str(lut_path))
@@ -300,6 +321,7 @@ def _validate(
     in_order, cost = measure_for_table(
         [archs[i] for i in order], spec, table, store_path, space=space.name,
         show_progress=show_progress, adapter=adapter,
+        run=run or RunOptions(rounds=CHECK_ROUNDS),
     )  # fmt: skip
     measured = np.empty(len(archs))
     measured[order] = in_order
@@ -323,7 +345,13 @@ def _validate(
         "uncalibrated": metrics(raw_val, m_val),
         "bias_by_resolution": bias,
         "archs": [
-            {"key": a.key(), "predicted_ms": float(p), "measured_ms": float(m)}
+            {
+                "key": a.key(),
+                "predicted_ms": float(p),
+                "measured_ms": float(m),
+                "measured_over_predicted": float(m / p) if p > 0 else None,
+                "contended": a.key() in cost["contended"],
+            }
             for a, p, m in zip(val, raw_val, m_val, strict=True)
         ],
     }
