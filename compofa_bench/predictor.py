@@ -165,13 +165,10 @@ def map_resolutions(
 
 def load(path: str | Path) -> AccuracyPredictor:
     """Load the project's predictor file or OFA's ``acc_predictor.pth``."""
+    from compofa_bench import torchfile
+
     path = Path(path)
-    if not path.is_file():
-        raise PredictorError(f"predictor file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise PredictorError(f"cannot read predictor file {path}: {exc}") from None
+    obj = torchfile.load(path, "predictor file", PredictorError)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _load_project(obj, path)
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -6,8 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from compofa_bench import spaces
-from compofa_bench.cli.common import console, print_json
+from compofa_bench.cli.common import console, print_json, resolutions_arg
 
 EPILOG = """\
 examples:
@@ -42,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="compofa", help="search space (default compofa)")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=(160, 224),
         help="resolutions (default 160,224)",
     )

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, print_json
+from compofa_bench.cli.common import console, help_formatter, print_json, resolutions_arg
 
 DESCRIPTION = """\
 Measure top-1 accuracy of subnets of a trained supernet. For each arch and resolution the
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--sample", type=int, default=None, help="N random structures")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="evaluate every arch at each of these sizes (default: the space's)",
     )

@@ -16,6 +16,7 @@ from compofa_bench.cli.common import (
     print_json,
     print_table,
     read_json,
+    resolutions_arg,
 )
 from compofa_bench.cli.profile import add_protocol_args, protocol_overrides
 from compofa_bench.errors import LutError
@@ -67,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="compofa", help="space whose layers to measure")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="e.g. 160,176,192,224 or 160-224:4 (default: the space's)",
     )
@@ -170,7 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="sample archs at these resolutions (default: all of the table's)",
     )

@@ -7,7 +7,14 @@ import argparse
 from rich.table import Table
 
 from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, key_column, print_json, print_table
+from compofa_bench.cli.common import (
+    console,
+    help_formatter,
+    key_column,
+    print_json,
+    print_table,
+    resolutions_arg,
+)
 
 DESCRIPTION = """\
 Find the most accurate subnet under each latency target, in one call.
@@ -50,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="compofa", help="search space (default: compofa)")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="resolutions to search, e.g. 160,176,192,208,224 (default: the space's, "
         "limited to those the table and predictor know)",

@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, print_json
+from compofa_bench.cli.common import console, help_formatter, print_json, resolutions_arg
 
 DESCRIPTION = """\
 Train a once-for-all supernet with a recipe from trainers/ (teacher, ofa-ps, compofa,
@@ -73,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="override the recipe's image sizes, e.g. 32,48,64 or 128-224:4",
     )

@@ -10,7 +10,6 @@ difference is reported in one :class:`CheckpointError`.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,10 @@ _ALTERNATES = (
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint file, loaded safely (``weights_only=True``) on CPU."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {p}: {first}") from None
-    return unwrap_state_dict(obj, str(p))
+    from compofa_bench import torchfile
+
+    obj = torchfile.load(path)
+    return unwrap_state_dict(obj, str(path))
 
 
 def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
