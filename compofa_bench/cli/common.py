@@ -88,3 +88,20 @@ def read_json(path: str | Path, what: str = "file", error: type[CompofaError] = 
 
 def help_formatter() -> type[argparse.HelpFormatter]:
     return argparse.RawDescriptionHelpFormatter
+
+
+def report_failures(failed: list[tuple[str, str]], total: int, what: str = "item") -> int:
+    """Summarise ``(item, error)`` failures on stderr, grouped by error, and return the exit
+    code: 0 when none failed, 1 when all ``total`` did, 3 when some did (docs/inputs.md)."""
+    from collections import Counter
+
+    if not failed:
+        return 0
+    groups = Counter(error for _, error in failed)
+    first = {}
+    for item, error in failed:
+        first.setdefault(error, item)
+    print(f"{len(failed)} of {total} {what}(s) failed:", file=sys.stderr)
+    for error, n in groups.most_common():
+        print(f"  {n} x {' '.join(error.split())} (e.g. {first[error]})", file=sys.stderr)
+    return 1 if len(failed) >= total else 3
