@@ -78,9 +78,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from compofa_bench import torchfile
     from compofa_bench.errors import TrainError
     from compofa_bench.train.evaluate import EvalConfig, evaluate, select_archs
 
+    torchfile.check_path(args.checkpoint)  # before the data: a missing file is the quicker news
     space = spaces.get(args.space)
     res = args.resolutions or space.resolutions
     if args.sample is not None and args.sample <= 0:

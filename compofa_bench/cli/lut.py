@@ -282,13 +282,17 @@ def _load(path: str):
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from compofa_bench import spaces
     from compofa_bench.lut import import_ofa_dir
 
+    spaces.check_base_width(args.base, args.width_mult)
     prov = {"device": args.device_name} if args.device_name else None
     table = import_ofa_dir(
         args.directory, args.width_mult, base=args.base, n_classes=args.n_classes,
         provenance=prov, strict=args.strict,
     )  # fmt: skip
+    if len(table) == 0:
+        raise LutError(f"{args.directory} holds no latency entries")
     warn(table.provenance.get("import_warnings", []))
     table.save(args.out)
     console().print(

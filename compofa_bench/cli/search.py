@@ -142,6 +142,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.macs is not None and (args.lut or args.measure_latency):
         raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
+    space = spaces.get(args.space)
+    spaces.check_width(space, args.width_mult)
     if args.lut:
         _check_table(args.lut, args.space, args.device, args.strict)
     job = X.SearchJob(
@@ -172,6 +174,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             seed=args.seed,
         ),
     )
+    if args.checkpoint is not None:
+        # Read and fit the weights now: the search would otherwise run first and fail at export.
+        X.SubnetBuilder(job.source).supernet()
     if args.no_progress or args.json:
         doc = X.run_search_job(job)
     else:
