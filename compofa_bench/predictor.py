@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import time
@@ -221,11 +222,13 @@ def read_acc_csv(path: str | Path, space: str | None = None) -> AccuracyData:
     """Parse ``space,key,resolution,top1,arch`` rows (``compofa-bench evaluate`` output)."""
     path = Path(path)
     try:
-        fh = path.open(newline="")
+        text = path.read_text()
     except FileNotFoundError:
         raise PredictorError(f"accuracy data {path} does not exist") from None
-    with fh:
-        reader = csv.DictReader(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictorError(f"cannot read accuracy data {path}: {exc}") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in ACC_CSV_HEADER if c not in (reader.fieldnames or [])]
         if missing:
             raise PredictorError(
@@ -233,6 +236,12 @@ def read_acc_csv(path: str | Path, space: str | None = None) -> AccuracyData:
                 f"{','.join(ACC_CSV_HEADER)}"
             )
         rows = list(reader)
+    except csv.Error as exc:
+        raise PredictorError(f"{path} is not a valid CSV file: {exc}") from None
+    # A short row leaves fields None (DictReader): say which line, not a TypeError later.
+    for line, row in enumerate(rows, start=2):
+        if any(row.get(c) is None for c in ACC_CSV_HEADER):
+            raise PredictorError(f"{path} line {line}: expected {len(ACC_CSV_HEADER)} fields")
     if not rows:
         raise PredictorError(f"{path} has no data rows")
     names = {r["space"] for r in rows}
@@ -257,7 +266,7 @@ def read_acc_csv(path: str | Path, space: str | None = None) -> AccuracyData:
                 spec, resolution=int(row["resolution"]), stage_sizes=sp.stage_sizes
             )
             acc = float(row["top1"])
-        except (json.JSONDecodeError, ValueError, ArchError) as exc:
+        except (json.JSONDecodeError, ValueError, TypeError, ArchError) as exc:
             raise PredictorError(f"{path} line {line}: {exc}") from None
         if not (0.0 <= acc <= 1.0) or math.isnan(acc):
             raise PredictorError(

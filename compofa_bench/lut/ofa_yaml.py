@@ -30,7 +30,7 @@ def read_ofa_yaml(path: Path) -> dict[str, LutEntry]:
     try:
         with open(path) as fh:
             raw = yaml.load(fh, Loader=_loader())
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise LutError(f"cannot read {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise LutError(f"{path} is not valid YAML: {exc}") from None
