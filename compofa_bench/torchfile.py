@@ -1,7 +1,7 @@
 """Reading torch files safely: the one place the package calls ``torch.load``.
 
-Checkpoints and predictor files come from the web. ``torch.load`` with ``weights_only=False``
-unpickles arbitrary objects, and a pickle's ``__reduce__`` can run any function (``os.system``)
+Checkpoints and predictor files come from the web. An unrestricted ``torch.load`` unpickles
+arbitrary objects, and a pickle's ``__reduce__`` can run any function (``os.system``)
 while it loads. Every file is therefore loaded with ``weights_only=True``: tensors, numbers,
 strings and plain containers only. A file that needs more is refused before anything in it
 runs, with one line that says so.
@@ -81,7 +81,7 @@ def load(
 def _unsafe_message(p: Path, what: str, text: str) -> str:
     m = re.search(r"GLOBAL ([\w.]+)", text)
     if m is None:
-        # The first line is torch's generic advice to pass weights_only=False: not ours.
+        # The first line is torch's generic advice to load unrestricted: not ours to give.
         detail = next((ln for ln in text.splitlines()[1:] if ln.strip()), _first_line(text))
         return f"cannot read {what} {p} weights-only: {detail.strip()}"
     return (
