@@ -410,3 +410,30 @@ def test_head_reads_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert p.stdout == "{\n" and "Traceback" not in p.stderr and "Error" not in p.stderr
+
+
+def test_ctrl_c_exits_130_and_keeps_what_was_measured(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    store = tmp_path / "r.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compofa_bench", "profile", "--device", "cpu-ort-1t", "--sample",
+         "40", "--resolutions", "128", "--min-seconds", "0.2", "--store", str(store),
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not store.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert store.exists(), "profile never started measuring"
+        time.sleep(1.0)  # inside a measurement
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "Traceback" not in err

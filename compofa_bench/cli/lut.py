@@ -472,10 +472,13 @@ def _bias_view(bias: dict) -> Table:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from compofa_bench.devices import check_device, load_device
     from compofa_bench.lut.build import build_table
     from compofa_bench.lut.methods import BuildMethod
 
     space = spaces.get(args.space, args.resolutions)
+    spaces.check_width(space, args.width_mult)
+    check_device(load_device(args.device))  # before the store: the same check as profile's
     method = BuildMethod(args.method, copies=args.copies, n_fit=args.fit_archs, seed=args.seed)
     table, summary = build_table(
         device=args.device,
