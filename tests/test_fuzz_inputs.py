@@ -178,7 +178,7 @@ TABLE = _small_table()
 def test_table_json(capsys, data: bytes) -> None:
     def case(d: Path) -> None:
         (d / "t.json").write_bytes(data)
-        run_cli(capsys, ["lut", "show", d / "t.json", "--json"])
+        run_cli(capsys, ["lut", "show", "--lut", d / "t.json", "--json"])
 
     in_tmp(case)
 
