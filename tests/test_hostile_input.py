@@ -437,3 +437,16 @@ def test_ctrl_c_exits_130_and_keeps_what_was_measured(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted:" in err and "Traceback" not in err
+
+
+def test_export_reads_the_weights_of_a_training_checkpoint(tmp_path: Path, capsys) -> None:
+    from compofa_bench import supernet
+
+    state = {"format": ckpt.FORMAT, "model": supernet.build("mbv3", n_classes=10).state_dict()}
+    torch.save(state, tmp_path / "final.pt")
+    (tmp_path / "a.json").write_text(json.dumps(spaces.get("compofa").smallest(128).to_ofa()))
+    rc, _, err = run(capsys, ["export", "--arch", tmp_path / "a.json", "--space", "compofa",
+                              "--checkpoint", tmp_path / "final.pt", "--n-classes", "10",
+                              "--format", "onnx", "--out", tmp_path / "m.onnx", "--json"])  # fmt: skip
+    assert rc == 0, err
+    assert (tmp_path / "m.onnx").stat().st_size > 100_000

@@ -45,6 +45,12 @@ def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Te
     """``{"state_dict": sd}`` or ``sd`` -> ``sd`` with any DDP ``module.`` prefix removed."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
+    elif (
+        isinstance(obj, Mapping)
+        and str(obj.get("format", "")).startswith("compofa-bench-train/")
+        and isinstance(obj.get("model"), Mapping)
+    ):  # final.pt / checkpoint.pt of `train`: the supernet's weights are under "model"
+        obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{where} holds no state dict (got {type(obj).__name__})")
     out: dict[str, torch.Tensor] = {}

@@ -57,7 +57,12 @@ def load(path: str | Path) -> dict[str, Any]:
     obj = read(path)
     if not is_training_checkpoint(obj):
         raise TrainError(f"{path} is not a compofa-bench training checkpoint")
-    for key in REQUIRED_KEYS:
+    return check_keys(obj, path, REQUIRED_KEYS)
+
+
+def check_keys(obj: dict[str, Any], path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``obj`` if it has every key in ``keys``; a :class:`TrainError` naming the first missing."""
+    for key in keys:
         if key not in obj:
             raise TrainError(f"training checkpoint {path} lacks {key!r}: is it truncated?")
     return obj

@@ -77,6 +77,7 @@ def load_supernet(
         net = supernet.build(base, width_mult=_ofa_file_width(sd, base), n_classes=n_classes)
         net.load_ofa_state_dict(sd)
         return net.to(device)
+    ckpt.check_keys(state, p, ("n_classes", "base", "width_mult", "model"))
     if state["n_classes"] != n_classes:
         raise DataError(
             f"checkpoint {p} was trained for {state['n_classes']} classes but the data has "
