@@ -49,23 +49,28 @@ def estimate(
     width_mult: float = 1.0,
     base: str = "mbv3",
     n_classes: int = 1000,
+    training: bool = False,
 ) -> MemoryEstimate:
-    """The lower-bound memory of running ``arch`` on a batch (see the module docstring)."""
+    """The lower-bound memory of running ``arch`` on a batch (see the module docstring).
+
+    ``training``: backward needs every layer's tensors, not only the largest layer's, and
+    SGD keeps a gradient and a momentum buffer per weight."""
     from compofa_bench import supernet
 
     specs = supernet.layer_specs(arch, width_mult, base, n_classes)
     params = supernet.count_params(arch, width_mult, base, n_classes)
     per_image = 3 * arch.resolution**2  # the input
-    peak = 0
+    peak = kept = 0
     for s in specs:
         mid_in = s.mid_c * s.in_hw**2
         mid_out = s.mid_c * s.out_hw**2
         peak = max(peak, s.in_c * s.in_hw**2 + mid_in + mid_out + s.out_c * s.out_hw**2)
+        kept += mid_in + mid_out + s.out_c * s.out_hw**2
     return MemoryEstimate(
         key=arch.key(),
         batch_size=batch_size,
-        weights_bytes=params * BYTES_PER_VALUE,
-        activation_bytes=batch_size * (per_image + peak) * BYTES_PER_VALUE,
+        weights_bytes=params * BYTES_PER_VALUE * (3 if training else 1),
+        activation_bytes=batch_size * (per_image + (kept if training else peak)) * BYTES_PER_VALUE,
     )
 
 

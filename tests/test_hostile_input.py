@@ -450,3 +450,19 @@ def test_export_reads_the_weights_of_a_training_checkpoint(tmp_path: Path, capsy
                               "--format", "onnx", "--out", tmp_path / "m.onnx", "--json"])  # fmt: skip
     assert rc == 0, err
     assert (tmp_path / "m.onnx").stat().st_size > 100_000
+
+
+def test_train_refuses_a_batch_whose_training_memory_cannot_fit(tmp_path: Path, capsys) -> None:
+    arch = spaces.get("compofa").largest(32)
+    per_image = memory.estimate(arch, 1, training=True).activation_bytes
+    assert per_image > memory.estimate(arch, 1).activation_bytes  # backward keeps every layer
+    batch = 2 * max(psutil.virtual_memory().available, _gpu_free()) // per_image + 1
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, ["train", "--recipe", "compofa", "--data", "fashion-mnist", "--out",
+                              out, "--resolutions", "32", "--batch-size", batch])  # fmt: skip
+    assert_one_error(rc, err, f"for batch {batch}", "is available")
+    assert not out.exists()
+
+
+def _gpu_free() -> int:
+    return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else 0

@@ -109,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=10, help="metrics.jsonl row every N steps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.add_argument("--force", action="store_true", help="train a batch the memory estimate refuses")
     p.set_defaults(func=cmd_train)
 
 
@@ -117,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from compofa_bench.train.trainer import Interrupted, TrainConfig, train
 
     recipe = recipe_mod.load(args.recipe)
+    _check_memory(recipe, args)
     config = TrainConfig(
         data=args.data,
         out=args.out,
@@ -176,3 +178,27 @@ def _plot_curves(out: Path, name: str) -> Path | None:
     if not rows:
         return None
     return plot_curves({name: rows}, out / "train_curves.png", title=f"{name}: {out}")
+
+
+def _check_memory(recipe, args: argparse.Namespace) -> None:
+    """Refuse a per-rank batch whose training memory (largest subnet, largest resolution)
+    cannot fit on the device before any data or model is built; ``--force`` skips this."""
+    import torch
+
+    from compofa_bench import memory, spaces
+
+    if args.resolutions:
+        recipe = recipe.with_resolutions(args.resolutions)
+    batch = (args.batch_size or recipe.batch_size) // max(args.micro_batches, 1)
+    space = spaces.get(recipe.space)
+    arch = space.largest(max(recipe.resolutions))
+    need = memory.estimate(arch, batch, recipe.width_mult, space.base, 10, training=True)
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        available = int(torch.cuda.mem_get_info(index)[0])
+    else:
+        available = memory.available_bytes()
+    memory.check_fits([need], available, force=args.force)
