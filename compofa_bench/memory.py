@@ -57,6 +57,9 @@ def estimate(
     SGD keeps a gradient and a momentum buffer per weight."""
     from compofa_bench import supernet
 
+    # Every command with a batch estimates it first, so this is the one batch-size check.
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MeasurementError(f"batch size must be a positive integer, got {batch_size!r}")
     specs = supernet.layer_specs(arch, width_mult, base, n_classes)
     params = supernet.count_params(arch, width_mult, base, n_classes)
     per_image = 3 * arch.resolution**2  # the input

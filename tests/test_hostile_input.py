@@ -466,3 +466,27 @@ def test_train_refuses_a_batch_whose_training_memory_cannot_fit(tmp_path: Path, 
 
 def _gpu_free() -> int:
     return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else 0
+
+
+@pytest.mark.parametrize("command", ["profile", "export", "evaluate", "train"])
+def test_a_batch_below_one_is_refused_by_every_command(tmp_path: Path, capsys, command) -> None:
+    (tmp_path / "a.json").write_text(json.dumps(spaces.get("compofa").smallest(128).to_ofa()))
+    ck = tmp_path / "c.pth"
+    torch.save({"w": torch.zeros(1)}, ck)
+    argv = {
+        "profile": ["profile", "--device", "cpu-ort-1t", "--sample", "1", "--store",
+                    tmp_path / "out"],
+        "export": ["export", "--arch", tmp_path / "a.json", "--space", "compofa", "--format",
+                   "onnx", "--out", tmp_path / "out"],
+        "evaluate": ["evaluate", "--checkpoint", ck, "--space", "compofa", "--sample", "1",
+                     "--data", "fashion-mnist", "--out", tmp_path / "out"],
+        "train": ["train", "--recipe", "compofa", "--data", "fashion-mnist", "--out",
+                  tmp_path / "out"],
+    }[command]  # fmt: skip
+    rc, _, err = run(capsys, [*argv, "--batch-size", "-1"])
+    assert_one_error(
+        rc,
+        err,
+        "must be >= 1" if command == "profile" else "batch size must be a positive integer, got -1",
+    )
+    assert not (tmp_path / "out").exists()

@@ -189,7 +189,9 @@ def _check_memory(recipe, args: argparse.Namespace) -> None:
 
     if args.resolutions:
         recipe = recipe.with_resolutions(args.resolutions)
-    batch = (args.batch_size or recipe.batch_size) // max(args.micro_batches, 1)
+    batch = args.batch_size if args.batch_size is not None else recipe.batch_size
+    if batch >= 1:  # the micro-batch is what is in memory at once
+        batch = max(1, batch // max(args.micro_batches, 1))
     space = spaces.get(recipe.space)
     arch = space.largest(max(recipe.resolutions))
     need = memory.estimate(arch, batch, recipe.width_mult, space.base, 10, training=True)
