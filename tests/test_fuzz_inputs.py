@@ -208,12 +208,22 @@ def test_ofa_yaml(capsys, data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def store_bytes() -> bytes:
-    from compofa_bench.store import ResultStore
+    from compofa_bench.store import Measurement, ResultStore
 
     d = Path(tempfile.mkdtemp(prefix="fuzz-store-"))
+    arch = spaces.get("compofa").smallest(128)
     try:
-        with ResultStore(d / "r.db"):
-            pass
+        with ResultStore(d / "r.db") as store:
+            for i in range(3):  # rows whose JSON columns and numbers the mutations can hit
+                store.add(
+                    Measurement(
+                        device="cpu-ort-1t", adapter="cpu-ort",
+                        fingerprint={"stable_hash": "abc", "cpu": "x"}, protocol={"min_runs": 5},
+                        protocol_hash="p1", kind="network", workload_key=f"{arch.key()}-{i}",
+                        cache_key=f"c{i}", batch_size=1, status="failed", error="boom",
+                        space="compofa", arch=arch.to_ofa(), resolution=128, width_mult=1.0,
+                    )
+                )  # fmt: skip
         con = sqlite3.connect(d / "r.db")
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.close()
