@@ -266,7 +266,7 @@ YAML_ENTRY = "{key}:\n  count: 10\n  mean: {mean}\n  std: 0.01\n"
 
 def _ofa_yaml_dir(tmp: Path, means: dict[str, str]) -> Path:
     d = tmp / "yaml"
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     text = "".join(YAML_ENTRY.format(key=k, mean=m) for k, m in means.items())
     (d / "160_lookup_table.yaml").write_text(text)
     return d
@@ -285,22 +285,27 @@ def test_import_ofa_refuses_non_positive_means(tmp_path: Path, capsys, mean: str
 
 
 def test_import_ofa_width_and_coverage(tmp_path: Path, capsys) -> None:
-    d = _ofa_yaml_dir(tmp_path, {STEM: "0.5"})
+    from compofa_bench.lut.layers import unique_layers
+
+    keys = sorted(unique_layers(spaces.get("ofa", [160]), width_mult=1.2)[160])
+    # every layer the ofa space runs at 160 px, then the same file cut at an entry boundary
+    full = _ofa_yaml_dir(tmp_path / "full", dict.fromkeys(keys, "0.5"))
+    cut = _ofa_yaml_dir(tmp_path / "cut", dict.fromkeys(keys[: len(keys) - 5], "0.5"))
     out = tmp_path / "t.json"
     for w in ("-1", "0.7"):
-        rc, _, err = run(capsys, ["lut", "import-ofa", d, "--width-mult", w, "--out", out])
+        rc, _, err = run(capsys, ["lut", "import-ofa", full, "--width-mult", w, "--out", out])
         assert_one_error(rc, err, f"width multiplier {float(w)} is not a mbv3 width (1, 1.2)")
-    # a table cut short: imported, with its coverage of each space and a warning
-    rc, stdout, err = run(capsys, ["lut", "import-ofa", d, "--width-mult", "1.2", "--out", out])
-    assert rc == 0 and out.exists()
-    assert "covers compofa: 1/" in " ".join(stdout.split())
-    assert "warning: the table covers no search space completely" in err
-    # keys of another width fit no layer at all: refused
-    (tmp_path / "o").mkdir()
-    other = _ofa_yaml_dir(tmp_path / "o", {"Conv-input:160x160x3-output:80x80x16": "0.5"})
-    rc, _, err = run(capsys, ["lut", "import-ofa", other, "--width-mult", "1.2", "--out",
+    assert not out.exists()
+    rc, _, err = run(capsys, ["lut", "import-ofa", full, "--width-mult", "1.2", "--out", out])
+    assert rc == 0 and "warning" not in err
+    # the truncated file imports, with a warning that counts the layers it lacks
+    rc, _, err = run(capsys, ["lut", "import-ofa", cut, "--width-mult", "1.2", "--out", out])
+    assert rc == 0, err
+    assert f"warning: {cut}: resolution 160 lacks 5 of the {len(keys)} layers" in err
+    # keys of another width fit almost no layer: refused, nothing written
+    rc, _, err = run(capsys, ["lut", "import-ofa", full, "--width-mult", "1.0", "--out",
                               tmp_path / "o.json"])  # fmt: skip
-    assert_one_error(rc, err, "no key of the table fits supernet mbv3 at width 1.2")
+    assert_one_error(rc, err, "at width 1")
     assert not (tmp_path / "o.json").exists()
 
 
