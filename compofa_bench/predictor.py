@@ -195,14 +195,21 @@ def _load_project(obj: dict[str, Any], path: Path) -> AccuracyPredictor:
             f"{path}: predictor format version {obj.get('version')} is not supported "
             f"(this build reads version {FORMAT_VERSION})"
         )
-    encoder = Encoder.from_dict(obj["encoder"])
-    hidden = tuple(int(h) for h in obj["hidden"])
-    model = build_mlp(encoder.dim, hidden)
+    for key in ("encoder", "hidden", "state_dict"):
+        if key not in obj:
+            raise PredictorError(f"{path}: predictor file lacks {key!r} (truncated or edited?)")
     try:
+        encoder = Encoder.from_dict(obj["encoder"])
+        hidden = tuple(int(h) for h in obj["hidden"])
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"hidden sizes must be positive, got {list(hidden)}")
+        model = build_mlp(encoder.dim, hidden)
         model.load_state_dict(obj["state_dict"])
+        info = json.loads(obj.get("info") or "{}")
     except RuntimeError as exc:
         raise PredictorError(f"{path}: weights do not fit the stored encoder: {exc}") from None
-    info = json.loads(obj.get("info") or "{}")
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
+        raise PredictorError(f"{path}: invalid predictor file: {exc}") from None
     return AccuracyPredictor(encoder, model, hidden, str(obj.get("source", "project")), info)
 
 

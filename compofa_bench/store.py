@@ -555,3 +555,8 @@ class ResultStore:
                 return self._conn.execute(q, tuple(params)).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read results store {self.path}: {exc}") from None
+            except UnicodeDecodeError as exc:  # a damaged page inside a text column
+                raise StoreError(
+                    f"results store {self.path} is damaged (a text column is not UTF-8: {exc}); "
+                    "restore it from a copy or measure again into a new store"
+                ) from None
