@@ -155,7 +155,13 @@ def nested(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k in NESTED_NAMES:
-            out[NESTED_NAMES[k]] = json.loads(v) if v is not None else None
+            try:
+                out[NESTED_NAMES[k]] = json.loads(v) if v is not None else None
+            except (json.JSONDecodeError, TypeError) as exc:  # a damaged store
+                raise StoreError(
+                    f"results store row {row.get('id')}: column {k} is not JSON ({exc}); "
+                    "the store is damaged"
+                ) from None
         elif k == "unstable" and v is not None:
             out[k] = bool(v)
         else:

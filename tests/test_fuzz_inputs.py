@@ -240,6 +240,7 @@ def test_results_store(capsys, store_bytes: bytes, data: st.DataObject) -> None:
     def case(d: Path) -> None:
         (d / "r.db").write_bytes(blob)
         run_cli(capsys, ["results", "show", "--store", d / "r.db", "--json"])
+        run_cli(capsys, ["results", "show", "--store", d / "r.db"])
         run_cli(capsys, ["results", "devices", "--store", d / "r.db"])
 
     in_tmp(case)
