@@ -150,6 +150,7 @@ def test_old_training_checkpoint_still_loads_and_restores_rng(tmp_path: Path) ->
         "recipe": {},
         "config": {},
         "world_size": 1,
+        "n_classes": 10,
         "model": {"w": torch.ones(3)},
         "position": {"phase": 0, "step": 0, "global_step": 0, "done": False},
         "rng": {

@@ -69,7 +69,7 @@ def check_keys(obj: dict[str, Any], path: str | Path, keys: tuple[str, ...]) -> 
 
 
 #: What ``--resume`` and ``--teacher`` read from a training checkpoint.
-REQUIRED_KEYS = ("recipe", "config", "world_size", "model", "position", "rng")
+REQUIRED_KEYS = ("recipe", "config", "world_size", "n_classes", "model", "position", "rng")
 
 
 def rng_state() -> dict[str, Any]:
