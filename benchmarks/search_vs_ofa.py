@@ -56,7 +56,9 @@ def ofa_tutorial(name: str):
 def ofa_components():
     acc_mod = ofa_tutorial("accuracy_predictor")
     acc = acc_mod.AccuracyPredictor(pretrained=False, device="cpu")  # no download
-    acc.model.load_state_dict(torch.load(REF / "acc_predictor.pth", map_location="cpu"))
+    acc.model.load_state_dict(
+        torch.load(REF / "acc_predictor.pth", map_location="cpu", weights_only=True)
+    )
     lat_mod = ofa_tutorial("latency_table")
     table = lat_mod.LatencyTable.__new__(lat_mod.LatencyTable)  # skip its download
     table.latency_tables = {}

@@ -187,8 +187,8 @@ def _adapter_kinds() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def open_adapter(spec: DeviceSpec) -> Adapter:
-    """Import the adapter class lazily (heavy runtimes load only when used) and build it."""
+def adapter_class(spec: DeviceSpec) -> type[Adapter]:
+    """Import the adapter class lazily (heavy runtimes load only when used)."""
     from compofa_bench.adapters import ADAPTERS
 
     target = ADAPTERS.get(spec.adapter)
@@ -196,5 +196,17 @@ def open_adapter(spec: DeviceSpec) -> Adapter:
         raise DeviceError(f"unknown adapter {spec.adapter!r}; known: {', '.join(sorted(ADAPTERS))}")
     module_name, _, cls_name = target.partition(":")
     module = importlib.import_module(module_name)
-    cls = getattr(module, cls_name)
-    return cls(spec)
+    return getattr(module, cls_name)
+
+
+def check_device(spec: DeviceSpec) -> DeviceSpec:
+    """The one validation of a device's ``[options]``, without opening its runtime: every
+    command that takes a device (``devices show``, ``profile``, ...) calls it, so they accept
+    and refuse the same files (an adapter's constructor checks the same options again)."""
+    adapter_class(spec).check_options(spec)
+    return spec
+
+
+def open_adapter(spec: DeviceSpec) -> Adapter:
+    """Build the device's adapter (its constructor validates the options)."""
+    return adapter_class(spec)(spec)

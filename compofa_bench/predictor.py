@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import time
@@ -165,13 +166,10 @@ def map_resolutions(
 
 def load(path: str | Path) -> AccuracyPredictor:
     """Load the project's predictor file or OFA's ``acc_predictor.pth``."""
+    from compofa_bench import torchfile
+
     path = Path(path)
-    if not path.is_file():
-        raise PredictorError(f"predictor file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise PredictorError(f"cannot read predictor file {path}: {exc}") from None
+    obj = torchfile.load(path, "predictor file", PredictorError)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _load_project(obj, path)
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -197,14 +195,21 @@ def _load_project(obj: dict[str, Any], path: Path) -> AccuracyPredictor:
             f"{path}: predictor format version {obj.get('version')} is not supported "
             f"(this build reads version {FORMAT_VERSION})"
         )
-    encoder = Encoder.from_dict(obj["encoder"])
-    hidden = tuple(int(h) for h in obj["hidden"])
-    model = build_mlp(encoder.dim, hidden)
+    for key in ("encoder", "hidden", "state_dict"):
+        if key not in obj:
+            raise PredictorError(f"{path}: predictor file lacks {key!r} (truncated or edited?)")
     try:
+        encoder = Encoder.from_dict(obj["encoder"])
+        hidden = tuple(int(h) for h in obj["hidden"])
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"hidden sizes must be positive, got {list(hidden)}")
+        model = build_mlp(encoder.dim, hidden)
         model.load_state_dict(obj["state_dict"])
+        info = json.loads(obj.get("info") or "{}")
     except RuntimeError as exc:
         raise PredictorError(f"{path}: weights do not fit the stored encoder: {exc}") from None
-    info = json.loads(obj.get("info") or "{}")
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
+        raise PredictorError(f"{path}: invalid predictor file: {exc}") from None
     return AccuracyPredictor(encoder, model, hidden, str(obj.get("source", "project")), info)
 
 
@@ -224,11 +229,13 @@ def read_acc_csv(path: str | Path, space: str | None = None) -> AccuracyData:
     """Parse ``space,key,resolution,top1,arch`` rows (``compofa-bench evaluate`` output)."""
     path = Path(path)
     try:
-        fh = path.open(newline="")
+        text = path.read_text()
     except FileNotFoundError:
         raise PredictorError(f"accuracy data {path} does not exist") from None
-    with fh:
-        reader = csv.DictReader(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictorError(f"cannot read accuracy data {path}: {exc}") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in ACC_CSV_HEADER if c not in (reader.fieldnames or [])]
         if missing:
             raise PredictorError(
@@ -236,6 +243,12 @@ def read_acc_csv(path: str | Path, space: str | None = None) -> AccuracyData:
                 f"{','.join(ACC_CSV_HEADER)}"
             )
         rows = list(reader)
+    except csv.Error as exc:
+        raise PredictorError(f"{path} is not a valid CSV file: {exc}") from None
+    # A short row leaves fields None (DictReader): say which line, not a TypeError later.
+    for line, row in enumerate(rows, start=2):
+        if any(row.get(c) is None for c in ACC_CSV_HEADER):
+            raise PredictorError(f"{path} line {line}: expected {len(ACC_CSV_HEADER)} fields")
     if not rows:
         raise PredictorError(f"{path} has no data rows")
     names = {r["space"] for r in rows}
@@ -260,7 +273,7 @@ def read_acc_csv(path: str | Path, space: str | None = None) -> AccuracyData:
                 spec, resolution=int(row["resolution"]), stage_sizes=sp.stage_sizes
             )
             acc = float(row["top1"])
-        except (json.JSONDecodeError, ValueError, ArchError) as exc:
+        except (json.JSONDecodeError, ValueError, TypeError, ArchError) as exc:
             raise PredictorError(f"{path} line {line}: {exc}") from None
         if not (0.0 <= acc <= 1.0) or math.isnan(acc):
             raise PredictorError(

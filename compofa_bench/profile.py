@@ -725,6 +725,10 @@ class SubnetFactory:
         self._net: Any = None
         self._lock = threading.Lock()
 
+    def load(self) -> None:
+        """Build the supernet and load the checkpoint now (a bad one fails before any work)."""
+        self._supernet()
+
     def _supernet(self) -> Any:
         if self._net is None:
             from compofa_bench import supernet

@@ -130,6 +130,7 @@ class Arch:
         ``image_size``, or the ``resolution`` argument, in that order of precedence."""
         if not isinstance(spec, Mapping):
             raise ArchError(f"an arch must be a JSON object with ks, e, d; got {_typename(spec)}")
+        check_arch_keys(spec)
         missing = [k for k in ("ks", "e", "d") if k not in spec]
         if missing:
             raise ArchError(f"arch is missing field(s): {', '.join(missing)}")
@@ -139,6 +140,30 @@ class Arch:
         res = _parse_resolution(spec, resolution)
         layout = tuple(stage_sizes) if stage_sizes is not None else _infer_layout(len(ks), len(d))
         return cls(ks=ks, e=e, d=d, resolution=res, stage_sizes=layout)
+
+
+#: Keys of OFA's arch dict. ``wid`` is OFA's unused width slot, always null.
+ARCH_KEYS = ("ks", "e", "d", "r", "image_size", "wid")
+
+
+def check_arch_keys(spec: Mapping[str, Any]) -> None:
+    """Refuse keys an arch dict does not have: a typo (``"w": 1.2``) would otherwise be
+    ignored and the arch measured with defaults the user did not ask for."""
+    unknown = sorted(str(k) for k in spec if k not in ARCH_KEYS)
+    if unknown:
+        hint = (
+            " (the width is a flag: --width-mult)"
+            if any(k.startswith("w") for k in unknown)
+            else ""
+        )
+        raise ArchError(
+            f"unknown arch key(s) {', '.join(repr(k) for k in unknown)}; an arch has "
+            f"{', '.join(ARCH_KEYS[:5])}{hint}"
+        )
+    if spec.get("wid") is not None:
+        raise ArchError(
+            f"wid: OFA's width slot must be null, got {spec['wid']!r} (use --width-mult)"
+        )
 
 
 def _typename(x: object) -> str:
@@ -444,6 +469,7 @@ class SearchSpace:
                 f"arch has stage layout {list(arch.stage_sizes)} but space {self.name} has "
                 f"{list(self.stage_sizes)}"
             )
+        check_resolution_value(arch.resolution)
         if check_resolution and arch.resolution not in self.resolutions:
             raise ArchError(
                 f"resolution {arch.resolution} is not in space {self.name}'s resolutions "
@@ -542,17 +568,56 @@ def check_resolutions(resolutions: Sequence[int]) -> tuple[int, ...]:
         raise SpaceError(f"resolutions must be a list of integers, got {resolutions!r}")
     out = set()
     for r in resolutions:
-        if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
-            raise SpaceError(f"resolution {r!r} is not an integer")
-        if r % 4 or not MIN_RESOLUTION <= r <= MAX_RESOLUTION:
-            raise SpaceError(
-                f"resolution {r} must be a multiple of 4 in [{MIN_RESOLUTION}, {MAX_RESOLUTION}] "
-                "(OFA trains on multiples of 4 in [128, 224])"
-            )
-        out.add(int(r))
+        try:
+            out.add(check_resolution_value(r))
+        except ArchError as exc:
+            raise SpaceError(str(exc)) from None
     if not out:
         raise SpaceError("at least one resolution is needed")
     return tuple(sorted(out))
+
+
+def check_resolution_value(r: object) -> int:
+    """The one resolution rule, for every command: an integer, a multiple of 4, in
+    [MIN_RESOLUTION, MAX_RESOLUTION]. A space's own list (``--resolutions``) lies in it."""
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
+        raise ArchError(f"resolution {r!r} is not an integer")
+    if r % 4 or not MIN_RESOLUTION <= r <= MAX_RESOLUTION:
+        raise ArchError(
+            f"resolution {r} must be a multiple of 4 in [{MIN_RESOLUTION}, {MAX_RESOLUTION}] "
+            "(OFA trains on multiples of 4 in [128, 224])"
+        )
+    return int(r)
+
+
+def check_width(space: SearchSpace, width_mult: object) -> float:
+    """``width_mult`` if it is one of ``space``'s widths (the supernets that exist)."""
+    if (
+        isinstance(width_mult, bool)
+        or not isinstance(width_mult, (int, float))
+        or not any(math.isclose(width_mult, w) for w in space.width_mults)
+    ):
+        widths = ", ".join(f"{w:g}" for w in space.width_mults)
+        raise SpaceError(
+            f"width multiplier {width_mult!r} is not one of space {space.name}'s widths ({widths})"
+        )
+    return float(width_mult)
+
+
+def check_base_width(base: str, width_mult: object) -> float:
+    """``width_mult`` if some built-in space over supernet ``base`` has it."""
+    known = sorted({w for s in _builtin().values() if s.base == base for w in s.width_mults})
+    if not known:
+        bases = sorted({s.base for s in _builtin().values()})
+        raise SpaceError(f"unknown supernet base {base!r}; known: {', '.join(bases)}")
+    if (
+        isinstance(width_mult, bool)
+        or not isinstance(width_mult, (int, float))
+        or not any(math.isclose(width_mult, w) for w in known)
+    ):
+        widths = ", ".join(f"{w:g}" for w in known)
+        raise SpaceError(f"width multiplier {width_mult!r} is not a {base} width ({widths})")
+    return float(width_mult)
 
 
 def parse_resolutions(text: str) -> tuple[int, ...]:
@@ -562,12 +627,15 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
         if "-" in text and "," not in text:
             span, _, step = text.partition(":")
             lo, hi = (int(x) for x in span.split("-"))
-            return check_resolutions(range(lo, hi + 1, int(step) if step else 4))
-        return check_resolutions([int(x) for x in text.split(",") if x.strip()])
-    except ValueError as exc:
+            values: Sequence[int] = range(lo, hi + 1, int(step) if step else 4)
+        else:
+            values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
         raise SpaceError(
             f"cannot parse resolutions {text!r}: use '160,224' or '128-224:4'"
-        ) from exc
+        ) from None
+    # Parsed: whatever is wrong now is the values, and the rule says which.
+    return check_resolutions(values)
 
 
 # =============================================================================== registry

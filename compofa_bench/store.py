@@ -261,7 +261,13 @@ def nested(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k in NESTED_NAMES:
-            out[NESTED_NAMES[k]] = json.loads(v) if v is not None else None
+            try:
+                out[NESTED_NAMES[k]] = json.loads(v) if v is not None else None
+            except (json.JSONDecodeError, TypeError) as exc:  # a damaged store
+                raise StoreError(
+                    f"results store row {row.get('id')}: column {k} is not JSON ({exc}); "
+                    "the store is damaged"
+                ) from None
         elif k == "unstable" and v is not None:
             out[k] = bool(v)
         else:
@@ -822,3 +828,8 @@ class ResultStore:
                 return self._conn.execute(q, tuple(params)).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read results store {self.path}: {exc}") from None
+            except UnicodeDecodeError as exc:  # a damaged page inside a text column
+                raise StoreError(
+                    f"results store {self.path} is damaged (a text column is not UTF-8: {exc}); "
+                    "restore it from a copy or measure again into a new store"
+                ) from None

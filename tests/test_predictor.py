@@ -25,7 +25,7 @@ def _ofa_reference_predictor():
     mod = ofa_tutorial("accuracy_predictor")
     # pretrained=False skips OFA's download; the weights come from the local reference file.
     ref = mod.AccuracyPredictor(pretrained=False, device="cpu")
-    ref.model.load_state_dict(torch.load(OFA_PTH, map_location="cpu"))
+    ref.model.load_state_dict(torch.load(OFA_PTH, map_location="cpu", weights_only=True))
     return mod, ref
 
 

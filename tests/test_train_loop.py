@@ -97,8 +97,8 @@ def test_two_gloo_ranks_equal_each_other_and_one_process(tmp_path):
     torch.multiprocessing.spawn(
         _rank_worker, args=(2, _free_port(), str(recipe_path), str(out)), nprocs=2, join=True
     )
-    r0 = _params(torch.load(out / "rank0.pt"))
-    r1 = _params(torch.load(out / "rank1.pt"))
+    r0 = _params(torch.load(out / "rank0.pt", weights_only=True))
+    r1 = _params(torch.load(out / "rank1.pt", weights_only=True))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
 
     # One process over the same global batch of 8, split into the ranks' two halves; one
@@ -181,8 +181,8 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     straight = _train_cli(recipe_path, tmp_path / "straight")
     _, err = straight.communicate(timeout=240)
     assert straight.returncode == 0, err
-    a = torch.load(out / FINAL, weights_only=False)
-    b = torch.load(tmp_path / "straight" / FINAL, weights_only=False)
+    a = torch.load(out / FINAL, weights_only=True)
+    b = torch.load(tmp_path / "straight" / FINAL, weights_only=True)
     assert a["position"] == b["position"]
     for k, v in b["model"].items():
         torch.testing.assert_close(a["model"][k], v, rtol=1e-5, atol=1e-7, msg=k)

@@ -269,7 +269,7 @@ def test_train_cli_on_device_data_logs_accuracy_and_plots_curves(tmp_path):
     from compofa_bench.errors import ExportError
     from compofa_bench.export import SubnetBuilder, SubnetSource
 
-    state = torch.load(out / "final.pt", weights_only=False)["model"]
+    state = torch.load(out / "final.pt", weights_only=True)["model"]
     net = SubnetBuilder(SubnetSource(checkpoint=str(out / "final.pt"), n_classes=10)).supernet()
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k]), k

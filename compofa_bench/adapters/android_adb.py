@@ -95,6 +95,10 @@ class AndroidAdbAdapter(Adapter):
     kind: ClassVar[str] = "android-adb"
     native_timing: ClassVar[bool] = True
 
+    @classmethod
+    def check_options(cls, spec: Any) -> None:
+        cls(spec, connect=False)
+
     def __init__(self, spec: Any, connect: bool = True) -> None:
         super().__init__(spec)
         opts = tflite_options(spec, _KNOWN_OPTIONS, self.kind)

@@ -113,6 +113,12 @@ class Adapter(abc.ABC):
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
 
+    @classmethod  # noqa: B027 - optional hook: an adapter without options has nothing to check
+    def check_options(cls, spec: DeviceSpec) -> None:
+        """Raise :class:`DeviceError` for a bad ``[options]`` table without opening the runtime
+        or the hardware. ``devices show`` and ``profile`` both call it (through
+        :func:`compofa_bench.devices.check_device`), so they accept and refuse the same files."""
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Runtime name and version, thread settings, hardware the runtime sees. Merged into

@@ -82,6 +82,10 @@ class CudaTorchAdapter(Adapter):
     kind: ClassVar[str] = "cuda-torch"
     native_timing: ClassVar[bool] = True
 
+    @classmethod
+    def check_options(cls, spec: DeviceSpec) -> None:
+        parse_cuda_torch_options(spec.options, spec.name)
+
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)
         self.options: CudaTorchOptions = parse_cuda_torch_options(spec.options, spec.name)

@@ -62,6 +62,14 @@ class OrtCpuAdapter(Adapter):
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         self._ort = _import_ort()
+        self._read_options(spec)
+        self._saved_affinity: set[int] | None = None
+
+    @classmethod
+    def check_options(cls, spec: Any) -> None:
+        cls.__new__(cls)._read_options(spec)
+
+    def _read_options(self, spec: Any) -> None:
         opts = dict(spec.options)
         unknown = sorted(set(opts) - _KNOWN_OPTIONS)
         if unknown:
@@ -107,7 +115,6 @@ class OrtCpuAdapter(Adapter):
                 f"device {spec.name}: timer = 'thread_cpu' needs threads = 1 (with a thread "
                 "pool the calling thread's CPU time misses the other threads' work)"
             )
-        self._saved_affinity: set[int] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -302,6 +302,10 @@ class TensorRTAdapter(Adapter):
     kind: ClassVar[str] = "tensorrt"
     native_timing: ClassVar[bool] = True
 
+    @classmethod
+    def check_options(cls, spec: DeviceSpec) -> None:
+        parse_tensorrt_options(spec.options, spec.name)
+
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)
         self.options: TensorRTOptions = parse_tensorrt_options(spec.options, spec.name)

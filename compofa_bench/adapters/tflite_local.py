@@ -68,6 +68,11 @@ class TfliteLocalAdapter(Adapter):
     kind: ClassVar[str] = "tflite-local"
     native_timing: ClassVar[bool] = False
 
+    @classmethod
+    def check_options(cls, spec: Any) -> None:
+        opts = tflite_options(spec, _KNOWN_OPTIONS, cls.kind)
+        _threads(spec, opts)
+
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         from compofa_bench import tflite_convert

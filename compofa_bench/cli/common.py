@@ -21,10 +21,17 @@ if TYPE_CHECKING:
 UNBOUNDED_WIDTH = 100_000
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits with 1 here; the CLI's main ends every command the same way on a closed
+        # stdout (quietly, exit 141), so hand it the error.
+        raise BrokenPipeError
+
+
 def console(file: IO[str] | None = None) -> Console:
     """Human output goes to stdout (or ``file``); ``--json`` output bypasses rich entirely.
     Every command gets its console here, so the width rule holds everywhere."""
-    out = Console(file=file, highlight=False, soft_wrap=False)
+    out = _Console(file=file, highlight=False, soft_wrap=False)
     if not out.is_terminal:
         out.width = UNBOUNDED_WIDTH
     return out
@@ -43,10 +50,21 @@ def print_table(out: Console, table: Table) -> None:
 
     need = Measurement.get(out, out.options.update(max_width=UNBOUNDED_WIDTH), table).minimum
     if need > out.width:
-        wide = Console(file=out.file, highlight=False, soft_wrap=False, width=need)
+        wide = _Console(file=out.file, highlight=False, soft_wrap=False, width=need)
         wide.print(table)
     else:
         out.print(table)
+
+
+def resolutions_arg(text: str) -> tuple[int, ...]:
+    """``--resolutions`` for argparse: the rule's own message instead of 'invalid value'."""
+    from compofa_bench import spaces
+    from compofa_bench.errors import SpaceError
+
+    try:
+        return spaces.parse_resolutions(text)
+    except SpaceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def print_json(obj: Any) -> None:
@@ -70,3 +88,20 @@ def read_json(path: str | Path, what: str = "file", error: type[CompofaError] = 
 
 def help_formatter() -> type[argparse.HelpFormatter]:
     return argparse.RawDescriptionHelpFormatter
+
+
+def report_failures(failed: list[tuple[str, str]], total: int, what: str = "item") -> int:
+    """Summarise ``(item, error)`` failures on stderr, grouped by error, and return the exit
+    code: 0 when none failed, 1 when all ``total`` did, 3 when some did (docs/inputs.md)."""
+    from collections import Counter
+
+    if not failed:
+        return 0
+    groups = Counter(error for _, error in failed)
+    first = {}
+    for item, error in failed:
+        first.setdefault(error, item)
+    print(f"{len(failed)} of {total} {what}(s) failed:", file=sys.stderr)
+    for error, n in groups.most_common():
+        print(f"  {n} x {' '.join(error.split())} (e.g. {first[error]})", file=sys.stderr)
+    return 1 if len(failed) >= total else 3

@@ -6,8 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from compofa_bench import spaces
-from compofa_bench.cli.common import console, print_json
+from compofa_bench.cli.common import console, print_json, resolutions_arg
 from compofa_bench.cli.search import add_verdict_args
 from compofa_bench.cli.timing_args import add_run_args
 
@@ -60,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="compofa", help="search space (default compofa)")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=(160, 224),
         help="resolutions (default 160,224)",
     )

@@ -57,10 +57,10 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_show(args: argparse.Namespace) -> int:
-    from compofa_bench.devices import load_device, open_adapter
+    from compofa_bench.devices import check_device, load_device, open_adapter
     from compofa_bench.fingerprint import fingerprint
 
-    spec = load_device(args.device)
+    spec = check_device(load_device(args.device))  # the same check profile makes
     info = spec.to_dict()
     if args.probe:
         with open_adapter(spec) as adapter:

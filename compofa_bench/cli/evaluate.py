@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, print_json
+from compofa_bench.cli.common import console, help_formatter, print_json, resolutions_arg
 
 DESCRIPTION = """\
 Measure top-1 accuracy of subnets of a trained supernet. For each arch and resolution the
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--sample", type=int, default=None, help="N random structures")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="evaluate every arch at each of these sizes (default: the space's)",
     )
@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --sample and the subsets")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--force", action="store_true", help="run a batch the memory estimate refuses")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -78,9 +79,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from compofa_bench import torchfile
     from compofa_bench.errors import TrainError
     from compofa_bench.train.evaluate import EvalConfig, evaluate, select_archs
 
+    torchfile.check_path(args.checkpoint)  # before the data: a missing file is the quicker news
     space = spaces.get(args.space)
     res = args.resolutions or space.resolutions
     if args.sample is not None and args.sample <= 0:
@@ -88,6 +91,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.sample is None and not space.is_enumerable(limit=100_000):
         raise TrainError(f"space {space.name} is too large for --archs all; use --sample N")
     archs = select_archs(space, res, args.sample, args.seed)
+    from compofa_bench import memory
+
+    # A lower bound: the narrowest width the checkpoint can have, 10 classes.
+    memory.check_fits(
+        [memory.estimate(space.largest(r), args.batch_size, min(space.width_mults), space.base, 10)
+         for r in sorted({a.resolution for a in archs})],
+        memory.available_bytes(),
+        force=args.force,
+    )  # fmt: skip
     cfg = EvalConfig(
         data=args.data,
         val_subset=args.val_subset or None,

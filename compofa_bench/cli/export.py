@@ -45,18 +45,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", metavar="D", help="also measure the subnet on this device")
     p.add_argument("--store", default="results.db")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--force", action="store_true", help="export a batch the memory estimate refuses"
+    )
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from compofa_bench import export as X
-    from compofa_bench import spaces
+    from compofa_bench import memory, spaces
 
     space = spaces.get(args.space)
     arch = spaces.Arch.from_ofa(
         read_json(args.arch, "arch file"), resolution=args.resolution, stage_sizes=space.stage_sizes
     )
     space.validate(arch, check_resolution=False)
+    spaces.check_width(space, args.width_mult)
+    memory.check_fits(
+        [memory.estimate(arch, args.batch_size, args.width_mult, space.base, args.n_classes)],
+        memory.available_bytes(),
+        force=args.force,
+    )
     source = X.SubnetSource(
         base=space.base,
         checkpoint=args.checkpoint,
@@ -66,6 +75,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         calib_images=args.calib_images,
     )
     builder = X.SubnetBuilder(source)
+    builder.supernet()  # a bad checkpoint fails here, before anything is written
     res = X.export_arch(arch, args.format, args.out, source, builder, args.batch_size)
     if args.device:
         module, _ = builder.extract(arch)

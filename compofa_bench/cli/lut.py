@@ -16,6 +16,7 @@ from compofa_bench.cli.common import (
     print_json,
     print_table,
     read_json,
+    resolutions_arg,
 )
 from compofa_bench.cli.profile import add_protocol_args, protocol_overrides
 from compofa_bench.cli.timing_args import add_run_args, run_options
@@ -68,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="compofa", help="space whose layers to measure")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="e.g. 160,176,192,224 or 160-224:4 (default: the space's)",
     )
@@ -172,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="sample archs at these resolutions (default: all of the table's)",
     )
@@ -284,13 +285,17 @@ def _load(path: str):
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from compofa_bench import spaces
     from compofa_bench.lut import import_ofa_dir
 
+    spaces.check_base_width(args.base, args.width_mult)
     prov = {"device": args.device_name} if args.device_name else None
     table = import_ofa_dir(
         args.directory, args.width_mult, base=args.base, n_classes=args.n_classes,
         provenance=prov, strict=args.strict,
     )  # fmt: skip
+    if len(table) == 0:
+        raise LutError(f"{args.directory} holds no latency entries")
     warn(table.provenance.get("import_warnings", []))
     table.save(args.out)
     console().print(
@@ -470,10 +475,13 @@ def _bias_view(bias: dict) -> Table:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from compofa_bench.devices import check_device, load_device
     from compofa_bench.lut.build import build_table
     from compofa_bench.lut.methods import BuildMethod
 
     space = spaces.get(args.space, args.resolutions)
+    spaces.check_width(space, args.width_mult)
+    check_device(load_device(args.device))  # before the store: the same check as profile's
     method = BuildMethod(args.method, copies=args.copies, n_fit=args.fit_archs, seed=args.seed)
     table, summary = build_table(
         device=args.device,

@@ -73,7 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_protocol_args(p)
     add_run_args(p)
-    p.add_argument("--force", action="store_true", help="measure again even if already stored")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="measure again even if already stored, and run a batch the memory estimate refuses",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_profile)
@@ -117,14 +121,19 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from compofa_bench.devices import load_device, open_adapter
-    from compofa_bench.profile import profile_archs, select_archs
+    from compofa_bench import memory
+    from compofa_bench.cli.common import report_failures
+    from compofa_bench.devices import check_device, load_device, open_adapter
+    from compofa_bench.profile import SubnetFactory, profile_archs, select_archs
+    from compofa_bench.spaces import check_width, parse_resolutions
     from compofa_bench.spaces import get as get_space
-    from compofa_bench.spaces import parse_resolutions
     from compofa_bench.store import ResultStore
 
-    # Everything that can be wrong with the input is checked before the store is touched.
+    # Everything that can be wrong with the input is checked before the store is touched:
+    # a run that fails here leaves no store behind.
     resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
+    space = get_space(args.space)
+    check_width(space, args.width_mult)
     archs = select_archs(
         args.space,
         all_archs=args.archs == "all",
@@ -135,9 +144,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     specs = [load_device(d) for d in args.device]
     overrides = protocol_overrides(args)
+    protocols = [s.protocol.replace(**overrides) for s in specs]  # validates the overrides
     for s in specs:
-        s.protocol.replace(**overrides)  # validates the overrides against each device
+        check_device(s)
     run = run_options(args)
+    memory.check_fits(
+        (
+            memory.estimate(a, p.batch_size, args.width_mult, space.base, args.n_classes)
+            for a in _memory_probes(archs, space)
+            for p in {p.batch_size: p for p in protocols}.values()
+        ),
+        memory.available_bytes(),
+        force=args.force,
+    )
+    factory = SubnetFactory(space.base, args.width_mult, args.n_classes, args.checkpoint)
+    if args.checkpoint is not None:
+        factory.load()  # reads and fits the checkpoint now, not after the store exists
     adapters = []
     try:
         for s in specs:
@@ -148,13 +170,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 specs,
                 store,
                 space=args.space,
-                base=get_space(args.space).base,
+                base=space.base,
                 width_mult=args.width_mult,
                 n_classes=args.n_classes,
                 checkpoint=args.checkpoint,
                 protocol_overrides=overrides,
                 skip_done=not args.force,
                 show_progress=not args.no_progress and not args.json,
+                build_module=factory,
                 adapters=adapters,
                 run=run,
             )
@@ -163,16 +186,31 @@ def cmd_profile(args: argparse.Namespace) -> int:
             a.close()
     from compofa_bench.profile import run_succeeded
 
-    rc = 0 if run_succeeded(summaries) else 1
     if args.json:
         print_json(
             {"store": args.store, "archs": len(archs), "devices": [s.to_dict() for s in summaries]}
         )
-        return rc
-    print_summary(summaries, args.store)
-    if rc:
-        console().print("[red]nothing was measured: every workload failed[/red]")
+    else:
+        print_summary(summaries, args.store)
+    failed = [
+        (f"{s.device} {f['key']}", f["error"]) for s in summaries for f in s.to_dict()["failed"]
+    ]
+    rc = report_failures(failed, sum(len(s.outcomes) for s in summaries), "measurement")
+    if not run_succeeded(summaries):
+        # every workload tried now failed (or the run stopped before the first): a rerun
+        # that only skips stored rows succeeds, a run that measured nothing does not
+        if not args.json:
+            console().print("[red]nothing was measured: every workload failed[/red]")
+        return 1
     return rc
+
+
+def _memory_probes(archs: list, space) -> list:
+    """The archs whose memory bounds the run's: all of a short list, else the space's largest
+    arch at each resolution (a long --archs all list costs no estimate per arch)."""
+    if len(archs) <= 256:
+        return archs
+    return [space.largest(r) for r in sorted({a.resolution for a in archs})]
 
 
 def print_summary(summaries: list, store_path: str) -> None:

@@ -7,7 +7,14 @@ import argparse
 from rich.table import Table
 
 from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, key_column, print_json, print_table
+from compofa_bench.cli.common import (
+    console,
+    help_formatter,
+    key_column,
+    print_json,
+    print_table,
+    resolutions_arg,
+)
 from compofa_bench.cli.timing_args import add_run_args
 
 DESCRIPTION = """\
@@ -51,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="compofa", help="search space (default: compofa)")
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="resolutions to search, e.g. 160,176,192,208,224 (default: the space's, "
         "limited to those the table and predictor know)",
@@ -160,6 +167,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.macs is not None and (args.lut or args.measure_latency):
         raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
+    space = spaces.get(args.space)
+    spaces.check_width(space, args.width_mult)
     if args.lut:
         _check_table(args.lut, args.space, args.device, args.strict)
     from compofa_bench.cli.timing_args import run_options
@@ -195,6 +204,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             seed=args.seed,
         ),
     )
+    if args.checkpoint is not None:
+        # Read and fit the weights now: the search would otherwise run first and fail at export.
+        X.SubnetBuilder(job.source).supernet()
     if args.no_progress or args.json:
         doc = X.run_search_job(job)
     else:

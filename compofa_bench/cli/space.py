@@ -114,7 +114,8 @@ def cmd_arch_info(args: argparse.Namespace) -> int:
     space = spaces.get(args.space)
     spec = read_json(args.arch_file, "arch file")
     arch = spaces.Arch.from_ofa(spec, resolution=args.resolution, stage_sizes=space.stage_sizes)
-    space.validate(arch, check_resolution=False)
+    space.validate(arch, check_resolution=False)  # the resolution rule still applies
+    spaces.check_width(space, args.width_mult)
     macs = supernet.count_macs(
         arch, width_mult=args.width_mult, base=space.base, n_classes=args.n_classes
     )

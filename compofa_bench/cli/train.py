@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from compofa_bench import spaces
-from compofa_bench.cli.common import console, help_formatter, print_json
+from compofa_bench.cli.common import console, help_formatter, print_json, resolutions_arg
 
 DESCRIPTION = """\
 Train a once-for-all supernet with a recipe from trainers/ (teacher, ofa-ps, compofa,
@@ -73,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--resolutions",
-        type=spaces.parse_resolutions,
+        type=resolutions_arg,
         default=None,
         help="override the recipe's image sizes, e.g. 32,48,64 or 128-224:4",
     )
@@ -110,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=10, help="metrics.jsonl row every N steps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.add_argument("--force", action="store_true", help="train a batch the memory estimate refuses")
     p.set_defaults(func=cmd_train)
 
 
@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from compofa_bench.train.trainer import Interrupted, TrainConfig, train
 
     recipe = recipe_mod.load(args.recipe)
+    _check_memory(recipe, args)
     config = TrainConfig(
         data=args.data,
         out=args.out,
@@ -177,3 +178,29 @@ def _plot_curves(out: Path, name: str) -> Path | None:
     if not rows:
         return None
     return plot_curves({name: rows}, out / "train_curves.png", title=f"{name}: {out}")
+
+
+def _check_memory(recipe, args: argparse.Namespace) -> None:
+    """Refuse a per-rank batch whose training memory (largest subnet, largest resolution)
+    cannot fit on the device before any data or model is built; ``--force`` skips this."""
+    import torch
+
+    from compofa_bench import memory, spaces
+
+    if args.resolutions:
+        recipe = recipe.with_resolutions(args.resolutions)
+    batch = args.batch_size if args.batch_size is not None else recipe.batch_size
+    if batch >= 1:  # the micro-batch is what is in memory at once
+        batch = max(1, batch // max(args.micro_batches, 1))
+    space = spaces.get(recipe.space)
+    arch = space.largest(max(recipe.resolutions))
+    need = memory.estimate(arch, batch, recipe.width_mult, space.base, 10, training=True)
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        available = int(torch.cuda.mem_get_info(index)[0])
+    else:
+        available = memory.available_bytes()
+    memory.check_fits([need], available, force=args.force)

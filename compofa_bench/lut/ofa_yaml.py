@@ -30,7 +30,7 @@ def read_ofa_yaml(path: Path) -> dict[str, LutEntry]:
     try:
         with open(path) as fh:
             raw = yaml.load(fh, Loader=_loader())
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise LutError(f"cannot read {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise LutError(f"{path} is not valid YAML: {exc}") from None
@@ -47,11 +47,18 @@ def read_ofa_yaml(path: Path) -> dict[str, LutEntry]:
                 std = math.sqrt(float(v["var"]))
             else:
                 std = 0.0
-            out[str(key)] = LutEntry(
-                count=int(v.get("count", 0)), mean_ms=float(v["mean"]), std_ms=std
-            )
-        except (TypeError, ValueError) as exc:
+            entry = LutEntry(count=int(v.get("count", 0)), mean_ms=float(v["mean"]), std_ms=std)
+        except (TypeError, ValueError, OverflowError) as exc:
             raise LutError(f"{path}: entry {key!r}: {exc}") from None
+        # A latency is a positive, finite time: a negative mean would make search call an
+        # impossible target feasible.
+        if not (math.isfinite(entry.mean_ms) and entry.mean_ms > 0):
+            raise LutError(f"{path}: entry {key!r}: mean {entry.mean_ms!r} ms is not positive")
+        if not (math.isfinite(entry.std_ms) and entry.std_ms >= 0):
+            raise LutError(f"{path}: entry {key!r}: std {entry.std_ms!r} ms is not >= 0")
+        if entry.count < 0:
+            raise LutError(f"{path}: entry {key!r}: count {entry.count} is negative")
+        out[str(key)] = entry
     return out
 
 

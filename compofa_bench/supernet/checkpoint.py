@@ -10,7 +10,6 @@ difference is reported in one :class:`CheckpointError`.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,21 +35,22 @@ _ALTERNATES = (
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint file, loaded safely (``weights_only=True``) on CPU."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {p}: {first}") from None
-    return unwrap_state_dict(obj, str(p))
+    from compofa_bench import torchfile
+
+    obj = torchfile.load(path)
+    return unwrap_state_dict(obj, str(path))
 
 
 def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
     """``{"state_dict": sd}`` or ``sd`` -> ``sd`` with any DDP ``module.`` prefix removed."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
+    elif (
+        isinstance(obj, Mapping)
+        and str(obj.get("format", "")).startswith("compofa-bench-train/")
+        and isinstance(obj.get("model"), Mapping)
+    ):  # final.pt / checkpoint.pt of `train`: the supernet's weights are under "model"
+        obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{where} holds no state dict (got {type(obj).__name__})")
     out: dict[str, torch.Tensor] = {}

@@ -69,19 +69,15 @@ def load_supernet(
     from compofa_bench import supernet
 
     p = Path(path)
-    if not p.is_file():
-        raise TrainError(f"checkpoint {p} does not exist")
-    try:
-        state = ckpt.load(p)
-    except TrainError:
-        state = None
-    if state is None:  # not ours: an OFA/CompOFA weight file
-        from compofa_bench.supernet.checkpoint import read_checkpoint
+    state = ckpt.read(p)  # weights-only: nothing in the file runs
+    if not ckpt.is_training_checkpoint(state):  # not ours: an OFA/CompOFA weight file
+        from compofa_bench.supernet.checkpoint import unwrap_state_dict
 
-        sd = read_checkpoint(p)
+        sd = unwrap_state_dict(state, str(p))
         net = supernet.build(base, width_mult=_ofa_file_width(sd, base), n_classes=n_classes)
         net.load_ofa_state_dict(sd)
         return net.to(device)
+    ckpt.check_keys(state, p, ("n_classes", "base", "width_mult", "model"))
     if state["n_classes"] != n_classes:
         raise DataError(
             f"checkpoint {p} was trained for {state['n_classes']} classes but the data has "

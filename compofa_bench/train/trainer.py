@@ -184,6 +184,16 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         self.resume = resume
+        # The files given are read (weights-only) and checked before any data or model is built.
+        self._resume_state: dict[str, Any] | None = None
+        self._teacher_file: dict[str, Any] | None = None
+        if resume:
+            path = self.out / CHECKPOINT
+            if not path.is_file():
+                raise TrainError(f"--resume: no checkpoint in {self.out}")
+            self._resume_state = ckpt.load(path)
+        elif config.teacher_checkpoint is not None:
+            self._teacher_file = ckpt.load(config.teacher_checkpoint)
         self.ctx = D.init(config.device)
         if self.recipe.batch_size % config.micro_batches:
             raise TrainError(
@@ -229,25 +239,24 @@ class Trainer:
     # ------------------------------------------------------------------- setup
     def _prepare_out(self) -> None:
         path = self.out / CHECKPOINT
-        if self.resume:
-            if not path.is_file():
-                raise TrainError(f"--resume: no checkpoint in {self.out}")
-            self._load(ckpt.load(path))
+        if self._resume_state is not None:
+            self._load(self._resume_state)
+            self._resume_state = None
         else:
             if path.exists() or (self.out / FINAL).exists():
                 raise TrainError(
                     f"{self.out} already holds a run; pass --resume to continue it or choose "
                     "another --out"
                 )
-            if self.config.teacher_checkpoint is not None:
-                self._load_teacher(self.config.teacher_checkpoint)
+            if self._teacher_file is not None:
+                self._load_teacher(self.config.teacher_checkpoint, self._teacher_file)
+                self._teacher_file = None
         if self.ctx.is_root:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.json").write_text(json.dumps(self.recipe.to_dict(), indent=2))
         D.barrier(self.ctx)
 
-    def _load_teacher(self, path: Path) -> None:
-        state = ckpt.load(path)
+    def _load_teacher(self, path: Path | None, state: dict[str, Any]) -> None:
         sd = state.get("teacher") or state["model"]
         try:
             self.model.load_state_dict(sd)
