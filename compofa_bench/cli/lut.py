@@ -20,7 +20,7 @@ from compofa_bench.cli.common import (
 )
 from compofa_bench.cli.profile import add_protocol_args, protocol_overrides
 from compofa_bench.cli.timing_args import add_run_args, run_options
-from compofa_bench.errors import LutError
+from compofa_bench.errors import CompofaError, LutError, SpaceError
 from compofa_bench.lut.methods import DEFAULT_METHOD, METHODS
 
 DESCRIPTION = """\
@@ -288,7 +288,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     from compofa_bench import spaces
     from compofa_bench.lut import import_ofa_dir
 
-    spaces.check_base_width(args.base, args.width_mult)
+    try:
+        spaces.check_base_width(args.base, args.width_mult)
+    except SpaceError as exc:
+        fits = _where_keys_fit(args.directory, args.n_classes)
+        if fits is None:
+            raise
+        raise LutError(
+            f"{exc}; the keys of {args.directory} fit {fits}, not base {args.base!r}"
+        ) from None
     prov = {"device": args.device_name} if args.device_name else None
     table = import_ofa_dir(
         args.directory, args.width_mult, base=args.base, n_classes=args.n_classes,
@@ -304,6 +312,23 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"-> {args.out}"
     )
     return 0
+
+
+def _where_keys_fit(directory: str, n_classes: int) -> str | None:
+    """``--base B --width-mult W`` of the first built-in base and width whose layers an OFA
+    yaml's keys fit (a wrong --width-mult then names the right flags), else None."""
+    from compofa_bench.lut import import_ofa_dir
+
+    combos = sorted(
+        {(sp.base, w) for sp in map(spaces.get, spaces.names()) for w in sp.width_mults}
+    )
+    for base, width in combos:
+        try:
+            import_ofa_dir(directory, width, base=base, n_classes=n_classes)
+        except CompofaError:
+            continue
+        return f"--base {base} --width-mult {width:g}"
+    return None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
