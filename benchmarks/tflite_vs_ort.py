@@ -45,8 +45,8 @@ def interleaved(archs, keys, tfl, ort, rounds: int) -> dict:
     """Time both runtimes arch by arch, alternating, ``rounds`` times (conversions and exports
     come from the caches the store pass filled); per-arch median over rounds. On a shared
     machine this is the fair comparison: load changes hit both runtimes alike."""
+    from compofa_bench.adapters import open_adapter
     from compofa_bench.adapters.base import Workload
-    from compofa_bench.devices import open_adapter
     from compofa_bench.measure import Stats
     from compofa_bench.profile import SubnetFactory, arch_cache_key
 

@@ -779,7 +779,7 @@ def profile_archs(
     defaults to the base of the built-in ``space`` (``mbv3`` when ``space`` names none).
     """
     from compofa_bench import spaces
-    from compofa_bench.devices import open_adapter
+    from compofa_bench.adapters import open_adapter
 
     if base is None:  # a built-in space names its supernet base
         base = spaces.get(space).base if space in spaces.names() else "mbv3"

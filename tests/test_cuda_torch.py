@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
 from compofa_bench.cli import main
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.errors import DeviceError, MeasurementError
 from compofa_bench.measure import Protocol
 

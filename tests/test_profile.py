@@ -17,9 +17,10 @@ import pytest
 import torch.nn as nn
 
 from compofa_bench import spaces
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
 from compofa_bench.cli import main
-from compofa_bench.devices import DeviceSpec, open_adapter
+from compofa_bench.devices import DeviceSpec
 from compofa_bench.measure import Protocol
 from compofa_bench.profile import Job, measure_workloads, profile_archs, select_archs
 from compofa_bench.store import SCHEMA_VERSION, ResultStore
@@ -98,7 +99,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, torch.nn as nn
     from compofa_bench.adapters.base import Workload
-    from compofa_bench.devices import DeviceSpec, open_adapter
+    from compofa_bench.devices import DeviceSpec
+    from compofa_bench.adapters import open_adapter
     from compofa_bench.measure import Protocol
     from compofa_bench.profile import Job, measure_workloads
     from compofa_bench.store import ResultStore

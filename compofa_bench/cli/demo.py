@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from compofa_bench.cli.profile import print_summary
     from compofa_bench.cli.search import print_search
-    from compofa_bench.demo import DemoConfig, run_demo
+    from compofa_bench.jobs import DemoConfig, run_demo
     from compofa_bench.search import parse_targets
 
     cfg = DemoConfig(

@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from compofa_bench import export as X
+    from compofa_bench import jobs as J
     from compofa_bench import memory, spaces
 
     space = spaces.get(args.space)
@@ -79,7 +80,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     res = X.export_arch(arch, args.format, args.out, source, builder, args.batch_size)
     if args.device:
         module, _ = builder.extract(arch)
-        res.measured = X.measure_artifact(module, arch, args.device, args.store, source)
+        res.measured = J.measure_exported(module, arch, args.device, args.store, source)
     info = {"key": arch.key(), "arch": arch.to_ofa(), **res.to_dict()}
     if args.json:
         print_json(info)

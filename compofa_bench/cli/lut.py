@@ -500,7 +500,8 @@ def _bias_view(bias: dict) -> Table:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from compofa_bench.devices import check_device, load_device
+    from compofa_bench.adapters import check_device
+    from compofa_bench.devices import load_device
     from compofa_bench.lut.build import build_table
     from compofa_bench.lut.methods import BuildMethod
 

@@ -122,8 +122,9 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from compofa_bench import memory
+    from compofa_bench.adapters import check_device, open_adapter
     from compofa_bench.cli.common import report_failures
-    from compofa_bench.devices import check_device, load_device, open_adapter
+    from compofa_bench.devices import load_device
     from compofa_bench.profile import SubnetFactory, profile_archs, select_archs
     from compofa_bench.spaces import check_width, parse_resolutions
     from compofa_bench.spaces import get as get_space

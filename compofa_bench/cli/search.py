@@ -157,6 +157,7 @@ def exit_status(doc: dict, fail_on_miss: bool) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from compofa_bench import export as X
+    from compofa_bench import jobs as J
     from compofa_bench import search as S
     from compofa_bench.errors import SearchError
 
@@ -166,6 +167,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SearchError("--latency needs --lut TABLE.json or --measure-latency --device D")
     if args.macs is not None and (args.lut or args.measure_latency):
         raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
+    if args.lut and args.measure_latency:
+        raise SearchError("give exactly one constraint source: --lut, --macs or --measure-latency")
+    if args.measure_latency and not args.device:
+        raise SearchError("--measure-latency needs --device")
+    if (args.predictor is None) == (args.accuracy_proxy is None):
+        raise SearchError(
+            "give exactly one accuracy source: --predictor P or --accuracy-proxy macs"
+        )
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
     space = spaces.get(args.space)
     spaces.check_width(space, args.width_mult)
@@ -174,7 +183,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from compofa_bench.cli.timing_args import run_options
     from compofa_bench.verdict import check_tolerance
 
-    job = X.SearchJob(
+    job = J.SearchJob(
         space=args.space,
         targets=tuple(targets),
         out_dir=args.out,
@@ -208,7 +217,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         # Read and fit the weights now: the search would otherwise run first and fail at export.
         X.SubnetBuilder(job.source).supernet()
     if args.no_progress or args.json:
-        doc = X.run_search_job(job)
+        doc = J.run_search_job(job)
     else:
         from compofa_bench.profile import make_progress
 
@@ -225,7 +234,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     tasks["export"] = bar.add_task("export", total=len(targets), current="")
                 bar.update(tasks["export"], advance=1, current=item["key"])
 
-            doc = X.run_search_job(job, progress=progress, on_export=on_export)
+            doc = J.run_search_job(job, progress=progress, on_export=on_export)
     if args.json:
         print_json(doc["targets"])
         return exit_status(doc, args.fail_on_miss)

@@ -128,7 +128,8 @@ def build_table(
     latencies; ``fit_archs`` replaces the archs the ``learned`` method measures end to end
     (with the device's own protocol, as ``lut validate`` measures networks). ``run``: rounds,
     waiting and locking (:class:`~compofa_bench.timing_run.RunOptions`)."""
-    from compofa_bench.devices import DeviceSpec, load_device, open_adapter
+    from compofa_bench.adapters import open_adapter
+    from compofa_bench.devices import DeviceSpec, load_device
     from compofa_bench.profile import device_fingerprint, measure_workloads
     from compofa_bench.store import ResultStore
 
