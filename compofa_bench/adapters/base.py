@@ -11,7 +11,7 @@ To add a runtime:
 1. subclass :class:`Adapter` in ``compofa_bench/adapters/<name>.py``; import heavy
    packages inside methods and raise :class:`~compofa_bench.errors.MissingDependencyError`
    naming the extra when they are absent;
-2. add it to ``ADAPTERS`` in ``compofa_bench/adapters/__init__.py``;
+2. add it to ``ADAPTERS`` in ``compofa_bench/devices.py``;
 3. ship a device TOML in ``devices/`` with ``adapter = "<name>"``.
 
 Adapters with a native timing loop (TFLite's ``benchmark_model``, trtexec-like CUDA event
