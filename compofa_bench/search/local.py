@@ -214,13 +214,9 @@ def repair(
     sc = np.asarray(accuracy(states), dtype=np.float64)
     co = np.asarray(cost(states), dtype=np.float64)
     nt = len(fl.mask)
-    for _ in range(max_steps):
-        live = np.nonzero(co > limits)[0]
-        if live.size == 0:
-            break
+
+    def least_loss_per_saving(live: np.ndarray, flat_nb: np.ndarray, valid: np.ndarray) -> _Moves:
         b = live.size
-        flat_nb, valid = fl.neighbours(x[live])
-        nb = flat_nb.reshape(b, nt, -1)
         s1, c1 = _score_rows(accuracy, cost, fl, flat_nb, valid)
         s1, c1 = s1.reshape(b, nt), c1.reshape(b, nt)
         saved = co[live, None] - c1
@@ -231,14 +227,9 @@ def repair(
         with np.errstate(invalid="ignore", divide="ignore"):  # no-op moves: inf / inf
             ratio = np.where(saved > 1e-12, loss / np.minimum(saved, need), np.inf)
         pick = np.argmin(ratio, axis=1)
-        ok = np.isfinite(ratio[np.arange(b), pick])
-        if not ok.any():
-            break
-        rows = np.arange(b)[ok]
-        idx = live[ok]
-        x[idx] = nb[rows, pick[ok]]
-        sc[idx] = s1[rows, pick[ok]]
-        co[idx] = c1[rows, pick[ok]]
+        return pick, np.isfinite(ratio[np.arange(b), pick]), (c1, s1)
+
+    _descend(fl, x, (co, sc), limits, least_loss_per_saving, max_steps)
     return fl.arrays(x), sc, co, co <= limits
 
 
@@ -281,23 +272,51 @@ def _shrink(
     x = fl.flat(states)
     co = np.asarray(cost(states), dtype=np.float64)
     nt = len(fl.mask)
+
+    def any_cheaper(live: np.ndarray, nb: np.ndarray, _valid: np.ndarray) -> _Moves:
+        b = live.size
+        c1 = np.asarray(cost(fl.arrays(nb)), dtype=np.float64).reshape(b, nt)
+        down = c1 < co[live, None] - 1e-12
+        # a uniform choice among the cost-lowering moves: random keys, masked argmax
+        pick = np.argmax(np.where(down, rng.random((b, nt)), -1.0), axis=1)
+        return pick, down[np.arange(b), pick], (c1,)
+
+    _descend(fl, x, (co,), limits, any_cheaper, max_steps)
+    return fl.arrays(x), co <= limits
+
+
+#: A descent step's choice per live state: the move picked, whether it is taken, and per move
+#: the new values of the tracked arrays (cost first), each shaped (live states, moves).
+_Moves = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]
+
+
+def _descend(
+    fl: _Flat,
+    x: np.ndarray,
+    tracked: tuple[np.ndarray, ...],
+    limits: np.ndarray,
+    choose: Callable[[np.ndarray, np.ndarray, np.ndarray], _Moves],
+    max_steps: int,
+) -> None:
+    """The loop :func:`repair` and :func:`_shrink` share: while a state breaks its limit,
+    move it to the single-gene neighbour ``choose`` picks, updating ``x`` and the ``tracked``
+    arrays (``tracked[0]``: the cost) in place. Stops when every state meets its limit, when
+    no state can move, or after ``max_steps`` rounds."""
+    co = tracked[0]
+    nt = len(fl.mask)
     for _ in range(max_steps):
         live = np.nonzero(co > limits)[0]
         if live.size == 0:
             break
         b = live.size
-        nb, _ = fl.neighbours(x[live])
-        c1 = np.asarray(cost(fl.arrays(nb)), dtype=np.float64).reshape(b, nt)
-        down = c1 < co[live, None] - 1e-12
-        # a uniform choice among the cost-lowering moves: random keys, masked argmax
-        pick = np.argmax(np.where(down, rng.random((b, nt)), -1.0), axis=1)
-        ok = down[np.arange(b), pick]
+        flat_nb, valid = fl.neighbours(x[live])
+        pick, ok, per_move = choose(live, flat_nb, valid)
         if not ok.any():
             break
-        rows = np.arange(b)[ok]
-        x[live[ok]] = nb.reshape(b, nt, -1)[rows, pick[ok]]
-        co[live[ok]] = c1[rows, pick[ok]]
-    return fl.arrays(x), co <= limits
+        rows, p, idx = np.arange(b)[ok], pick[ok], live[ok]
+        x[idx] = flat_nb.reshape(b, nt, -1)[rows, p]
+        for arr, values in zip(tracked, per_move, strict=True):
+            arr[idx] = values[rows, p]
 
 
 def _score_only(
