@@ -208,7 +208,6 @@ def main() -> None:
         _, fit_cost = measure_archs(
             fit, spec, store, space=space.name, base=space.base, width_mult=1.0,
             n_classes=1000, batch_size=spec.protocol.batch_size, adapter=adapter,
-            show_progress=False,
         )  # fmt: skip
         phases["fit_archs_s"] = time.perf_counter() - t0
         per_network_s = fit_cost["wall_s"] / max(fit_cost["measured_now"], 1)
@@ -221,7 +220,7 @@ def main() -> None:
             method = BuildMethod(name, n_fit=len(fit), seed=args.seed)
             t0 = time.perf_counter()
             table, summary = build_table(
-                spec, space, store_path=store, show_progress=False, adapter=adapter,
+                spec, space, store_path=store, adapter=adapter,
                 protocol_overrides=layer_protocol, method=method, fit_archs=fit,
             )  # fmt: skip
             wall = time.perf_counter() - t0

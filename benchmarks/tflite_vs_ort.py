@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from compofa_bench import spaces
+from compofa_bench.cli.progress import progress_display
 from compofa_bench.devices import load_device
 from compofa_bench.profile import profile_archs
 from compofa_bench.ranking import kendall_tau_b, spearman
@@ -115,7 +116,8 @@ def main() -> int:
     with ResultStore(args.store) as store:
         for spec in (tfl, ort):
             t0 = time.perf_counter()
-            profile_archs(archs, [spec], store, space="compofa", show_progress=True)
+            with progress_display() as progress:
+                profile_archs(archs, [spec], store, space="compofa", progress=progress)
             wall[spec.name] = time.perf_counter() - t0
         rows = store.rows(
             ("device", "workload_key", "status", "median_ms", "prepare_json"), kind="network"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compofa_bench.errors import ExportError, MissingDependencyError
+from compofa_bench.netspec import NetSpec
 from compofa_bench.spaces import Arch
 
 if TYPE_CHECKING:
@@ -40,6 +41,11 @@ class SubnetSource:
     calib_images: int = 2000
     calib_batch_size: int = 100
     seed: int = 0
+
+    @property
+    def net(self) -> NetSpec:
+        """The supernet the subnet is cut from."""
+        return NetSpec(self.base, self.width_mult, self.n_classes, self.checkpoint)
 
     @property
     def weights(self) -> str:
@@ -242,10 +248,7 @@ def measure_artifact(
         [arch],
         [spec],
         store,
-        base=source.base,
-        width_mult=source.width_mult,
-        n_classes=source.n_classes,
-        show_progress=False,
+        net=source.net,
         skip_done=False,
         build_module=lambda _a: module,
         adapters=[adapter],

@@ -38,6 +38,8 @@ from compofa_bench.devices import DeviceSpec
 from compofa_bench.errors import SearchError
 from compofa_bench.export import SUFFIX, SubnetBuilder, SubnetSource, export_arch, measure_artifact
 from compofa_bench.fileio import atomic_write_json
+from compofa_bench.netspec import NetSpec
+from compofa_bench.progress import ProgressEvent, ProgressFn, report
 from compofa_bench.spaces import SearchSpace
 from compofa_bench.store import ResultStore
 
@@ -111,12 +113,13 @@ def _target_dir(out: Path, target: float, unit: str) -> Path:
     return out / f"target_{target:g}{'ms' if unit == 'ms' else 'mmacs'}"
 
 
-def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) -> dict[str, Any]:
+def run_search_job(job: SearchJob, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Search every target, write the out dir, export and measure winners when asked.
 
     Writes ``search.json`` (everything), ``pareto.json``/``pareto.png`` and per target a
     ``target_<T>ms/`` folder with ``arch.json`` (OFA dict), ``result.json`` and the artifact.
-    Returns the ``search.json`` content.
+    Returns the ``search.json`` content. ``progress`` hears of the evolution's generations
+    (task ``evolution``), each measured batch (the device's name) and each export (``export``).
 
     Names are resolved here, once (space, device, table, predictor); the device's adapter and
     the results store are opened once and stay open for the whole search and the exports, so a
@@ -128,8 +131,8 @@ def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) 
         if spec is not None and (job.measure_latency or job.export):
             adapter = stack.enter_context(open_adapter(spec))
             store = stack.enter_context(ResultStore(job.store))
-        space, cost, accuracy = _sources(job, spec, adapter, store)
-        return search_job(job, space, cost, accuracy, spec, adapter, store, progress, on_export)
+        space, cost, accuracy = _sources(job, spec, adapter, store, progress)
+        return search_job(job, space, cost, accuracy, spec, adapter, store, progress)
 
 
 def _sources(
@@ -137,6 +140,7 @@ def _sources(
     spec: DeviceSpec | None,
     adapter: Adapter | None,
     store: ResultStore | None,
+    progress: ProgressFn | None = None,
 ) -> tuple[SearchSpace, Any, Any]:
     """The job's space (narrowed to the resolutions its table or predictor knows) and its
     constraint and accuracy sources."""
@@ -158,7 +162,12 @@ def _sources(
     else:
         assert spec is not None and adapter is not None and store is not None
         cost = sources.MeasuredLatency(
-            spec, adapter, store, w, job.source.base, job.source.n_classes, space=space.name
+            spec,
+            adapter,
+            store,
+            job.source.net.replace(checkpoint=None),  # weights do not change latency
+            space=space.name,
+            progress=progress,
         )
     if job.predictor is not None:
         from compofa_bench import predictor as P
@@ -189,8 +198,7 @@ def search_job(
     spec: DeviceSpec | None,
     adapter: Adapter | None,
     store: ResultStore | None,
-    progress: Any = None,
-    on_export: Any = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """The search job on resolved, open objects (see :func:`run_search_job`)."""
     w = job.source.width_mult
@@ -207,13 +215,14 @@ def search_job(
         np.random.default_rng(job.seed),
         method=job.method,
         config=cfg,
-        progress=progress,
+        progress=None if progress is None else _generations(progress),
     )
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     unit = outcome.unit
     builder = SubnetBuilder(job.source) if job.export else None
     targets_out = []
+    exported, n_export = 0, sum(r.arch is not None for r in outcome.results)
     for r in outcome.results:
         item = target_record(r, outcome, job)
         if r.arch is not None:
@@ -235,8 +244,8 @@ def search_job(
                     if unit == "ms":
                         v = verdict.check(r.target, r.cost, res.measured, job.tolerance)
                         item["verdict"] = v.to_dict()
-                if on_export is not None:
-                    on_export(item)
+                exported += 1
+                report(progress, ProgressEvent("export", exported, n_export, item["key"]))
             atomic_write_json(tdir / "result.json", item)
         targets_out.append(item)
     frontier = [
@@ -289,6 +298,13 @@ def search_job(
     )
     atomic_write_json(out / "search.json", doc)
     return doc
+
+
+def _generations(progress: ProgressFn) -> Callable[[int, int], None]:
+    """The search's ``(done, total)`` generation callback as progress events."""
+    return lambda done, total: progress(
+        ProgressEvent("evolution", done, total, f"generation {done}", finished=done == total)
+    )
 
 
 def target_record(r: Any, outcome: Any, job: SearchJob) -> dict[str, Any]:
@@ -425,11 +441,14 @@ def auto_targets(lut_path: str, space_name: str, resolutions: tuple[int, ...]) -
 
 
 def run_demo(
-    cfg: DemoConfig, step: Callable[[str], None] = lambda _msg: None, show_progress: bool = True
+    cfg: DemoConfig,
+    step: Callable[[str], None] = lambda _msg: None,
+    progress: ProgressFn | None = None,
 ) -> DemoResult:
+    """The demo on one device, which is opened once for the profile, the table and the search
+    (the table's validation opens its own, as ``lut validate`` does)."""
     from compofa_bench.host_load import quietest_cpu
     from compofa_bench.lut.build import build_table
-    from compofa_bench.lut.validate import validate_table
     from compofa_bench.profile import profile_archs, select_archs
     from compofa_bench.timing_run import RunOptions, device_cpus
 
@@ -452,17 +471,52 @@ def run_demo(
     step(f"1/4 profile {cfg.sample} random {space.name} archs at {list(space.resolutions)}")
     # validate_table draws its archs the same way, so step 3 reuses these measurements.
     archs = select_archs(space.name, sample=cfg.sample, seed=cfg.seed, resolutions=cfg.resolutions)
-    with ResultStore(cfg.store) as store:
-        summaries = profile_archs(
-            archs, [device], store, space=space.name, base=space.base,
-            show_progress=show_progress, run=run,
-        )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        adapter = stack.enter_context(open_adapter(device))
+        with ResultStore(cfg.store) as store:
+            summaries = profile_archs(
+                archs,
+                [device],
+                store,
+                space=space.name,
+                net=NetSpec(space.base),
+                progress=progress,
+                adapters=[adapter],
+                run=run,
+            )
 
-    step(f"2/4 build the per-layer lookup table of {space.name} on {device.name}")
-    _table, table_summary = build_table(
-        device, space, store_path=cfg.store, out=cfg.lut, show_progress=show_progress,
-        run=run.replace(rounds=1),
+        step(f"2/4 build the per-layer lookup table of {space.name} on {device.name}")
+        _table, table_summary = build_table(
+            device,
+            space,
+            store_path=cfg.store,
+            out=cfg.lut,
+            progress=progress,
+            adapter=adapter,
+            run=run.replace(rounds=1),
+        )
+        validation, targets, doc, note = _demo_search(
+            cfg, device, adapter, space, step, progress, run
+        )
+    tv = verdict.table_verdict(validation, cfg.tolerance)
+    return DemoResult(
+        summaries, table_summary, validation, targets, doc,
+        accuracy_note=note, table_verdict=tv, pinned_cpu=pinned,
     )  # fmt: skip
+
+
+def _demo_search(
+    cfg: DemoConfig,
+    device: DeviceSpec,
+    adapter: Adapter,
+    space: SearchSpace,
+    step: Callable[[str], None],
+    progress: ProgressFn | None,
+    run: Any,
+) -> tuple[dict[str, Any], tuple[float, ...], dict[str, Any], str]:
+    """Steps 3 and 4 of the demo: validate the table, then search, export and measure.
+    Returns the validation, the targets, the search document and the accuracy note."""
+    from compofa_bench.lut.validate import validate_table
 
     step("3/4 validate the table against the end-to-end measurements")
     validation = validate_table(
@@ -473,7 +527,7 @@ def run_demo(
         seed=cfg.seed,
         store_path=cfg.store,
         plot=Path(cfg.out_dir) / "lut_validation.png",
-        show_progress=show_progress,
+        progress=progress,
         run=run,
     )
 
@@ -512,12 +566,10 @@ def run_demo(
         tolerance=cfg.tolerance,
         run=run,
     )
-    doc = run_search_job(job)
-    tv = verdict.table_verdict(validation, cfg.tolerance)
-    return DemoResult(
-        summaries, table_summary, validation, tuple(targets), doc,
-        accuracy_note=note, table_verdict=tv, pinned_cpu=pinned,
-    )  # fmt: skip
+    with ResultStore(cfg.store) as store:
+        space, cost, accuracy = _sources(job, device, adapter, store, progress)
+        doc = search_job(job, space, cost, accuracy, device, adapter, store, progress)
+    return validation, tuple(targets), doc, note
 
 
 def _pinned_cpu(out_dir: Path, cpus: tuple[int, ...], choose: Callable[..., int]) -> int:

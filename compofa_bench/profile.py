@@ -32,7 +32,6 @@ import numpy as np
 
 from compofa_bench import fingerprint as fp
 from compofa_bench import hostlock
-from compofa_bench.adapters.base import Workload
 from compofa_bench.errors import (
     CompofaError,
     DeviceError,
@@ -41,7 +40,9 @@ from compofa_bench.errors import (
     StoreError,
 )
 from compofa_bench.host_load import LoadMeter, format_cpus, wait_idle
-from compofa_bench.measure import Protocol, Stats, measure_stable
+from compofa_bench.measure import Protocol, Stats, Workload, measure_stable
+from compofa_bench.netspec import NetSpec
+from compofa_bench.progress import ProgressEvent, ProgressFn, report
 from compofa_bench.store import Measurement, ResultStore, utc_now
 from compofa_bench.timing_run import (
     ESTIMATOR_ONE_ROUND,
@@ -56,8 +57,6 @@ from compofa_bench.timing_run import (
 )
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
     from compofa_bench.adapters.base import Adapter
     from compofa_bench.devices import DeviceSpec
     from compofa_bench.spaces import Arch
@@ -220,8 +219,7 @@ def measure_workloads(
     device_name: str | None = None,
     skip_done: bool = True,
     retry_failed: bool = True,
-    progress: Progress | None = None,
-    show_progress: bool = True,
+    progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
     run: RunOptions | None = None,
@@ -237,8 +235,9 @@ def measure_workloads(
     spent; also failed ones when ``retry_failed`` is False) are skipped without building them.
     The run opens and closes with a probe of a fixed reference workload (the job with the
     smallest cache key) and stores the drift between the two as its noise floor.
-    ``progress``: a shared rich Progress to add a task to (several devices at once); otherwise
-    one is created when ``show_progress``. ``stop``: checked between jobs; when set, the loop
+    ``progress``: called with a :class:`~compofa_bench.progress.ProgressEvent` (task: the
+    device name; done of rounds x workloads) as the run goes; several devices may share one.
+    ``stop``: checked between jobs; when set, the loop
     ends early and the summary says ``interrupted``.
     """
     run = run or RunOptions()
@@ -284,12 +283,7 @@ def measure_workloads(
             rounds=run.rounds, order_seed=run.order_seed,
         )  # fmt: skip
         summary.run_id = ctx.run_id
-        own_progress = progress is None and show_progress
-        if own_progress:
-            progress = make_progress()
-            progress.start()
-        total = len(todo) * run.rounds
-        task = progress.add_task(name, total=total, current="") if progress is not None else None
+        ticker = _Ticker(progress, name, len(todo) * run.rounds)
         probe_job = min(jobs, key=lambda j: j.cache_key) if run.probe else None
         try:
             if probe_job is not None:
@@ -300,7 +294,7 @@ def measure_workloads(
                     ctx.pending[probe_job.cache_key] = _Pending(
                         probe_job, utc_now(), prepare_s=probe_prep, before=fp.volatile_part()
                     )
-            _run_rounds(todo, ctx, summary, progress, task, stop, on_outcome)
+            _run_rounds(todo, ctx, summary, ticker, stop, on_outcome)
             if probe_job is not None and not summary.interrupted:
                 summary.probe_ms[1] = _probe(probe_job, ctx)[0]
         except KeyboardInterrupt:
@@ -314,10 +308,7 @@ def measure_workloads(
                 store.release_claims(ctx.owner)
             summary.wall_s = time.perf_counter() - t_start
             _finish_run(ctx, summary)
-            if progress is not None and task is not None:
-                progress.update(task, current="done" if not summary.interrupted else "interrupted")
-            if own_progress and progress is not None:
-                progress.stop()
+            ticker.finish("done" if not summary.interrupted else "interrupted")
     floor = summary.noise_floor
     if floor is not None and floor > protocol.noise_floor_threshold:
         run.say(
@@ -327,6 +318,27 @@ def measure_workloads(
             "trustworthy on this host now"
         )
     return summary
+
+
+class _Ticker:
+    """One run's progress events: ``done`` of ``total`` (rounds x workloads), what is in hand."""
+
+    def __init__(self, progress: ProgressFn | None, task: str, total: int) -> None:
+        self.progress, self.task, self.total = progress, task, total
+        self.done, self.current = 0, ""
+        self.show("")
+
+    def show(self, current: str) -> None:
+        self.current = current
+        report(self.progress, ProgressEvent(self.task, self.done, self.total, current))
+
+    def advance(self) -> None:
+        self.done += 1
+        self.show(self.current)
+
+    def finish(self, current: str) -> None:
+        event = ProgressEvent(self.task, self.done, self.total, current, finished=True)
+        report(self.progress, event)
 
 
 @dataclass
@@ -362,8 +374,7 @@ def _run_rounds(
     todo: list[Job],
     ctx: _RunContext,
     summary: RunSummary,
-    progress: Progress | None,
-    task: Any,
+    ticker: _Ticker,
     stop: threading.Event | None,
     on_outcome: Callable[[Outcome], None] | None,
 ) -> None:
@@ -381,16 +392,12 @@ def _run_rounds(
                 # done meanwhile, or being measured by another process (on other CPUs)
                 summary.outcomes.append(Outcome(job.key, "skipped"))
                 dropped.add(job.cache_key)
-                if progress is not None and task is not None:
-                    progress.advance(task)
+                ticker.advance()
                 continue
             if job.cache_key in dropped:
-                if progress is not None and task is not None:
-                    progress.advance(task)
+                ticker.advance()
                 continue
-            if progress is not None and task is not None:
-                label = job.key if run.rounds == 1 else f"round {r + 1}/{run.rounds} {job.key}"
-                progress.update(task, current=label)
+            ticker.show(job.key if run.rounds == 1 else f"round {r + 1}/{run.rounds} {job.key}")
             if protocol.cooldown_s > 0 and not first:
                 time.sleep(protocol.cooldown_s)
             first = False
@@ -409,8 +416,7 @@ def _run_rounds(
                 summary.outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
-            if progress is not None and task is not None:
-                progress.advance(task)
+            ticker.advance()
 
 
 def _measure_round(job: Job, ctx: _RunContext, pend: _Pending, r: int) -> Outcome | None:
@@ -614,31 +620,6 @@ def _finish_run(ctx: _RunContext, summary: RunSummary) -> None:
         )  # fmt: skip
 
 
-def make_progress() -> Progress:
-    """The progress bar every long loop uses: device, bar, done/total, elapsed, ETA, current."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[current]}", style="dim"),
-        console=Console(stderr=True),
-        transient=False,
-    )
-
-
 # =============================================================================== archs
 
 
@@ -713,15 +694,8 @@ class SubnetFactory:
     """Builds the supernet once (random init, or a checkpoint) and extracts static subnets.
     Thread-safe: extraction mutates the supernet's active arch, so it is serialized."""
 
-    def __init__(
-        self,
-        base: str = "mbv3",
-        width_mult: float = 1.0,
-        n_classes: int = 1000,
-        checkpoint: str | Path | None = None,
-    ) -> None:
-        self.base, self.width_mult, self.n_classes = base, width_mult, n_classes
-        self.checkpoint = checkpoint
+    def __init__(self, net: NetSpec = NetSpec()) -> None:
+        self.net = net
         self._net: Any = None
         self._lock = threading.Lock()
 
@@ -733,11 +707,12 @@ class SubnetFactory:
         if self._net is None:
             from compofa_bench import supernet
 
+            spec = self.net
             net = supernet.build(
-                base=self.base, width_mult=self.width_mult, n_classes=self.n_classes
+                base=spec.base, width_mult=spec.width_mult, n_classes=spec.n_classes
             )
-            if self.checkpoint is not None:
-                net.load_checkpoint(self.checkpoint)
+            if spec.checkpoint is not None:
+                net.load_checkpoint(spec.checkpoint)
             net.eval()
             self._net = net
         return self._net
@@ -754,13 +729,10 @@ def profile_archs(
     store: ResultStore,
     *,
     space: str | None = None,
-    base: str | None = None,
-    width_mult: float = 1.0,
-    n_classes: int = 1000,
-    checkpoint: str | Path | None = None,
+    net: NetSpec | None = None,
     protocol_overrides: Mapping[str, Any] | None = None,
     skip_done: bool = True,
-    show_progress: bool = True,
+    progress: ProgressFn | None = None,
     build_module: Callable[[Arch], Any] | None = None,
     adapters: Sequence[Adapter] | None = None,
     run: RunOptions | None = None,
@@ -772,17 +744,18 @@ def profile_archs(
     a phone) runs in its own worker thread, overlapping them. ``run``: rounds, waiting and
     locking (:class:`~compofa_bench.timing_run.RunOptions`).
 
-    Weights do not change latency, so without ``checkpoint`` subnets are random-init (and the
+    Weights do not change latency, so without ``net.checkpoint`` subnets are random-init (and the
     export cache is shared by all random-init runs). Adapters are opened before anything is
     measured so that a bad device fails before any work. ``build_module`` replaces the
-    supernet (tests, custom models); ``adapters`` supplies already-open adapters. ``base``
-    defaults to the base of the built-in ``space`` (``mbv3`` when ``space`` names none).
+    supernet (tests, custom models); ``adapters`` supplies already-open adapters. ``net``
+    defaults to a random-init width-1.0 supernet of the built-in ``space``'s base (``mbv3``
+    when ``space`` names none).
     """
     from compofa_bench import spaces
     from compofa_bench.adapters import open_adapter
 
-    if base is None:  # a built-in space names its supernet base
-        base = spaces.get(space).base if space in spaces.names() else "mbv3"
+    if net is None:  # a built-in space names its supernet base
+        net = NetSpec(spaces.get(space).base if space in spaces.names() else "mbv3")
     if not archs:
         raise MeasurementError("no archs to profile")
     if not devices:
@@ -794,17 +767,17 @@ def profile_archs(
         if adapters is None:
             for d in devices:
                 opened.append(open_adapter(d))
-        weights = checkpoint_id(checkpoint) if checkpoint else "random"
-        factory = build_module or SubnetFactory(base, width_mult, n_classes, checkpoint)
+        weights = checkpoint_id(net.checkpoint) if net.checkpoint else "random"
+        factory = build_module or SubnetFactory(net)
 
         def jobs_for(p: Protocol) -> list[Job]:
             return arch_jobs(
                 archs,
                 factory,
                 space=space,
-                base=base,
-                width_mult=width_mult,
-                n_classes=n_classes,
+                base=net.base,
+                width_mult=net.width_mult,
+                n_classes=net.n_classes,
                 batch_size=p.batch_size,
                 weights=weights,
             )
@@ -818,7 +791,7 @@ def profile_archs(
                     protocols[0],
                     device_name=devices[0].name,
                     skip_done=skip_done,
-                    show_progress=show_progress,
+                    progress=progress,
                     run=run,
                 )
             ]
@@ -828,7 +801,7 @@ def profile_archs(
             [i] for i, d in enumerate(devices) if not d.shares_host_cpus
         ]
         return _run_parallel(
-            devices, opened, protocols, jobs_for, store, skip_done, show_progress, groups, run
+            devices, opened, protocols, jobs_for, store, skip_done, progress, groups, run
         )
     finally:
         if adapters is None:
@@ -843,7 +816,7 @@ def _run_parallel(
     jobs_for: Callable[[Protocol], list[Job]],
     store: ResultStore,
     skip_done: bool,
-    show_progress: bool,
+    progress: ProgressFn | None,
     groups: Sequence[Sequence[int]],
     run: RunOptions | None,
 ) -> list[RunSummary]:
@@ -851,7 +824,6 @@ def _run_parallel(
     stop = threading.Event()
     results: list[RunSummary | None] = [None] * len(devices)
     errors: list[BaseException] = []
-    progress = make_progress() if show_progress else None
 
     def work(group: Sequence[int]) -> None:
         try:
@@ -866,7 +838,6 @@ def _run_parallel(
                     device_name=devices[i].name,
                     skip_done=skip_done,
                     progress=progress,
-                    show_progress=False,
                     stop=stop,
                     run=run,
                 )
@@ -878,8 +849,6 @@ def _run_parallel(
         threading.Thread(target=work, args=(g,), name=f"profile-{devices[g[0]].name}", daemon=True)
         for g in groups
     ]
-    if progress is not None:
-        progress.start()
     try:
         for t in threads:
             t.start()
@@ -891,9 +860,6 @@ def _run_parallel(
         for t in threads:
             t.join(timeout=30)
         raise
-    finally:
-        if progress is not None:
-            progress.stop()
     if errors:
         raise errors[0]
     return [r for r in results if r is not None]

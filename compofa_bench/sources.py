@@ -25,6 +25,7 @@ import numpy as np
 
 from compofa_bench.encoding import ArchArrays
 from compofa_bench.errors import LutError, SearchError
+from compofa_bench.netspec import NetSpec
 from compofa_bench.search.model import (
     AdditiveModel,
     all_expands,
@@ -36,6 +37,7 @@ from compofa_bench.spaces import Arch, SearchSpace
 if TYPE_CHECKING:
     from compofa_bench.adapters.base import Adapter
     from compofa_bench.devices import DeviceSpec
+    from compofa_bench.progress import ProgressFn
     from compofa_bench.store import ResultStore
 
 
@@ -127,7 +129,7 @@ class LutLatency:
         if missing_res:
             raise LutError(
                 f"the table has resolutions {list(t.resolutions)}; search asked for "
-                f"{missing_res}: pick --resolutions from the table's"
+                f"{missing_res}: choose resolutions the table has"
             )
         sizes = space.stage_sizes
         n = sum(sizes)
@@ -172,16 +174,14 @@ class MeasuredLatency:
         spec: DeviceSpec,
         adapter: Adapter,
         store: ResultStore,
-        width_mult: float = 1.0,
-        base: str = "mbv3",
-        n_classes: int = 1000,
+        net: NetSpec = NetSpec(),
         space: str | None = None,
-        show_progress: bool = True,
+        progress: ProgressFn | None = None,
         protocol_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.spec, self.adapter, self.store = spec, adapter, store
-        self.width_mult, self.base, self.n_classes = width_mult, base, n_classes
-        self.space, self.show_progress = space, show_progress
+        self.net = net
+        self.space, self.progress = space, progress
         self.protocol_overrides = dict(protocol_overrides or {})
         self.name = f"measured on {spec.name}"
         self._memo: dict[Arch, float] = {}
@@ -197,10 +197,8 @@ class MeasuredLatency:
                 [self.spec],
                 self.store,
                 space=self.space,
-                base=self.base,
-                width_mult=self.width_mult,
-                n_classes=self.n_classes,
-                show_progress=self.show_progress,
+                net=self.net,
+                progress=self.progress,
                 protocol_overrides=self.protocol_overrides,
                 adapters=[self.adapter],
                 # memoization: a stored row answers, contended or not; the winners are
@@ -211,7 +209,7 @@ class MeasuredLatency:
                 [a.key() for a in todo],
                 fingerprint_hash=runs[0].fingerprint_hash,
                 protocol_hash=runs[0].protocol_hash,
-                width_mult=self.width_mult,
+                width_mult=self.net.width_mult,
             )
             missing = [a.key() for a in todo if a.key() not in got]
             if missing:

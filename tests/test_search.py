@@ -265,7 +265,7 @@ def test_measured_latency_is_memoized_in_the_store(tmp_path) -> None:
         spec = load_device("cpu-ort-1t")
         with open_adapter(spec) as adapter, ResultStore(store) as st:
             cost = sources.MeasuredLatency(
-                spec, adapter, st, space="compofa", show_progress=False, protocol_overrides=fast
+                spec, adapter, st, space="compofa", protocol_overrides=fast
             )
             return S.search(
                 space,

@@ -135,5 +135,5 @@ def parse_targets(text: str) -> list[float]:
             raise SearchError(f"target {part!r} must be a positive number")
         out.append(v)
     if not out:
-        raise SearchError("no targets given (use e.g. --latency 15,20,25)")
+        raise SearchError("no targets given (give e.g. 15,20,25)")
     return out
