@@ -125,10 +125,13 @@ def run_search_job(job: SearchJob, progress: ProgressFn | None = None) -> dict[s
     the results store are opened once and stay open for the whole search and the exports, so a
     measured-latency search on a phone connects once, not once per batch of new archs.
     """
-    spec = _device(job.device) if job.device else None
+    # a device is opened only when something is measured on it (as before: a device given to a
+    # search that neither measures nor exports is not looked at)
+    uses_device = job.device and (job.measure_latency or job.export)
+    spec = _device(job.device) if uses_device else None
     with contextlib.ExitStack() as stack:
         adapter = store = None
-        if spec is not None and (job.measure_latency or job.export):
+        if spec is not None:
             adapter = stack.enter_context(open_adapter(spec))
             store = stack.enter_context(ResultStore(job.store))
         space, cost, accuracy = _sources(job, spec, adapter, store, progress)
