@@ -50,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from compofa_bench import spaces
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.lut.build import LayerJobSpec, build_table
 from compofa_bench.lut.keys import layout
 from compofa_bench.lut.layers import unique_layers

@@ -250,7 +250,8 @@ def validate_table(
     device name whose fingerprint (host CPU, cores, OS, runtime and settings) differs from the
     device's now, gives a line in ``report["warnings"]``, or a LutError under ``strict``
     (before anything is measured)."""
-    from compofa_bench.devices import DeviceSpec, load_device, open_adapter
+    from compofa_bench.adapters import open_adapter
+    from compofa_bench.devices import DeviceSpec, load_device
     from compofa_bench.lut.provenance import device_mismatches, enforce, fingerprint_mismatches
     from compofa_bench.profile import device_fingerprint
 
