@@ -64,6 +64,7 @@ from compofa_bench.lut.validate import (
     metrics,
 )
 from compofa_bench.measure import Stats
+from compofa_bench.netspec import NetSpec
 from compofa_bench.profile import SubnetFactory, arch_cache_key
 from compofa_bench.spaces import Arch
 
@@ -99,7 +100,7 @@ class RoundTimer:
     def __init__(self, adapter, spec, protocol, base: str, width: float, n_classes: int):
         self.adapter, self.protocol = adapter, protocol
         self.base, self.width, self.n_classes = base, width, n_classes
-        self.factory = SubnetFactory(base, width, n_classes)
+        self.factory = SubnetFactory(NetSpec(base, width, n_classes))
         self.modules: dict[str, Any] = {}
 
     def __call__(self, arch: Arch) -> float:
