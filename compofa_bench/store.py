@@ -53,6 +53,10 @@ from compofa_bench.store_schema import (
     samples_long_csv,
 )
 
+# re-exported for callers and tests that read the schema through this module
+from compofa_bench.store_schema import _V2_COLUMNS_SQL as _V2_COLUMNS_SQL
+from compofa_bench.store_schema import NESTED_NAMES as NESTED_NAMES
+
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -44,16 +44,22 @@ class RichProgress:
         )
         self._tasks: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._started = False
 
     def __enter__(self) -> RichProgress:
-        self.bar.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self._started:
+            self.bar.stop()
 
     def __call__(self, ev: ProgressEvent) -> None:
         with self._lock:
+            if not self._started:
+                # drawn from the first event on: a command that fails before any work (bad
+                # input, a held host lock) prints its one error line and nothing else
+                self.bar.start()
+                self._started = True
             task = self._tasks.get(ev.task)
             if task is None:
                 task = self.bar.add_task(
