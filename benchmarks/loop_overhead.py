@@ -34,8 +34,9 @@ def bare_loop(fn, n: int) -> list[float]:
 def main() -> None:
     import torch.nn as nn
 
+    from compofa_bench.adapters import open_adapter
     from compofa_bench.adapters.base import Workload
-    from compofa_bench.devices import DeviceSpec, open_adapter
+    from compofa_bench.devices import DeviceSpec
     from compofa_bench.measure import Protocol, timed_loop
 
     ap = argparse.ArgumentParser(

@@ -50,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from compofa_bench import spaces
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.lut.build import LayerJobSpec, build_table
 from compofa_bench.lut.keys import layout
 from compofa_bench.lut.layers import unique_layers
@@ -63,6 +64,7 @@ from compofa_bench.lut.validate import (
     metrics,
 )
 from compofa_bench.measure import Stats
+from compofa_bench.netspec import NetSpec
 from compofa_bench.profile import SubnetFactory, arch_cache_key
 from compofa_bench.spaces import Arch
 
@@ -98,7 +100,7 @@ class RoundTimer:
     def __init__(self, adapter, spec, protocol, base: str, width: float, n_classes: int):
         self.adapter, self.protocol = adapter, protocol
         self.base, self.width, self.n_classes = base, width, n_classes
-        self.factory = SubnetFactory(base, width, n_classes)
+        self.factory = SubnetFactory(NetSpec(base, width, n_classes))
         self.modules: dict[str, Any] = {}
 
     def __call__(self, arch: Arch) -> float:
@@ -208,7 +210,6 @@ def main() -> None:
         _, fit_cost = measure_archs(
             fit, spec, store, space=space.name, base=space.base, width_mult=1.0,
             n_classes=1000, batch_size=spec.protocol.batch_size, adapter=adapter,
-            show_progress=False,
         )  # fmt: skip
         phases["fit_archs_s"] = time.perf_counter() - t0
         per_network_s = fit_cost["wall_s"] / max(fit_cost["measured_now"], 1)
@@ -221,7 +222,7 @@ def main() -> None:
             method = BuildMethod(name, n_fit=len(fit), seed=args.seed)
             t0 = time.perf_counter()
             table, summary = build_table(
-                spec, space, store_path=store, show_progress=False, adapter=adapter,
+                spec, space, store_path=store, adapter=adapter,
                 protocol_overrides=layer_protocol, method=method, fit_archs=fit,
             )  # fmt: skip
             wall = time.perf_counter() - t0

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from compofa_bench import spaces, supernet
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.lut import LatencyTable, LutEntry
 from compofa_bench.lut.build import LayerJobSpec
 from compofa_bench.lut.layers import unique_layers

@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lut_method_compare import layer_of
 
 from compofa_bench import supernet
+from compofa_bench.adapters import open_adapter
 from compofa_bench.convert import to_onnx
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.lut.keys import layout
 from compofa_bench.profile import SubnetFactory
 from compofa_bench.spaces import COMPOFA_KERNELS, Arch

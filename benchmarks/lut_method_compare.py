@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from compofa_bench import spaces
+from compofa_bench.adapters import open_adapter
 from compofa_bench.convert import to_onnx
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.lut import LatencyTable, LutEntry
 from compofa_bench.lut.validate import fit_calibration, metrics
 from compofa_bench.profile import SubnetFactory

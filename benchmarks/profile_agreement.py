@@ -45,8 +45,9 @@ def plain_loop(
 
 
 def main() -> None:
+    from compofa_bench.adapters import open_adapter
     from compofa_bench.adapters.base import Workload
-    from compofa_bench.devices import load_device, open_adapter
+    from compofa_bench.devices import load_device
     from compofa_bench.measure import Stats
     from compofa_bench.profile import SubnetFactory, select_archs
 

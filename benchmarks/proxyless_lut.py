@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from compofa_bench import search as S
-from compofa_bench import spaces
+from compofa_bench import sources, spaces
 from compofa_bench.devices import load_device
 from compofa_bench.lut import LatencyTable
 from compofa_bench.lut.build import build_table
@@ -112,11 +112,11 @@ def main() -> None:
 
 
 def _search(space: spaces.SearchSpace, table: LatencyTable, width: float | None, repeat: int):
-    lat = S.LutLatency(table, width if width is not None else table.width_mult)
+    lat = sources.LutLatency(table, width if width is not None else table.width_mult)
     every = list(space.enumerate())
     pred = lat.latency_ms(every)
     targets = [float(np.quantile(pred, q)) for q in (0.1, 0.4, 0.7, 0.95)]
-    acc = S.MacsProxy(space, table.width_mult)
+    acc = sources.MacsProxy(space, table.width_mult)
     timings, outcome = [], None
     for i in range(repeat):
         t0 = time.perf_counter()

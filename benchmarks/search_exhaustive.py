@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compofa_bench import predictor, spaces
+from compofa_bench import predictor, sources, spaces
 from compofa_bench import search as S
 from compofa_bench.lut import import_ofa_dir
 
@@ -42,13 +42,13 @@ def main() -> int:
     pred = predictor.load(REF / "acc_predictor.pth")
     table = import_ofa_dir(REF / "latency_table@note10", width_mult=1.2)
     space = spaces.get("compofa", RESOLUTIONS)
-    acc = S.PredictorAccuracy(pred)
+    acc = sources.PredictorAccuracy(pred)
     cold, warm = [], []
-    warm_lut = S.LutLatency(table, width_mult=1.2)
+    warm_lut = sources.LutLatency(table, width_mult=1.2)
     S.search(space, acc, warm_lut, TARGETS, np.random.default_rng(0))  # builds the model
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        lut = S.LutLatency(table, width_mult=1.2)
+        lut = sources.LutLatency(table, width_mult=1.2)
         out = S.search(space, acc, lut, TARGETS, np.random.default_rng(0))
         cold.append(time.perf_counter() - t0)
         t0 = time.perf_counter()

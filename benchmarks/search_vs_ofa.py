@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import yaml
 
-from compofa_bench import predictor, spaces
+from compofa_bench import predictor, sources, spaces
 from compofa_bench import search as S
 from compofa_bench.lut import import_ofa_dir
 
@@ -80,8 +80,8 @@ def run_ours(
     c0, w0 = time.process_time(), time.perf_counter()
     out = S.search(
         space,
-        S.PredictorAccuracy(pred),
-        S.LutLatency(table, width_mult=1.2),
+        sources.PredictorAccuracy(pred),
+        sources.LutLatency(table, width_mult=1.2),
         targets,
         np.random.default_rng(seed),
         method="evolution",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from compofa_bench import spaces
+from compofa_bench.cli.progress import progress_display
 from compofa_bench.devices import load_device
 from compofa_bench.profile import profile_archs
 from compofa_bench.ranking import kendall_tau_b, spearman
@@ -45,8 +46,8 @@ def interleaved(archs, keys, tfl, ort, rounds: int) -> dict:
     """Time both runtimes arch by arch, alternating, ``rounds`` times (conversions and exports
     come from the caches the store pass filled); per-arch median over rounds. On a shared
     machine this is the fair comparison: load changes hit both runtimes alike."""
+    from compofa_bench.adapters import open_adapter
     from compofa_bench.adapters.base import Workload
-    from compofa_bench.devices import open_adapter
     from compofa_bench.measure import Stats
     from compofa_bench.profile import SubnetFactory, arch_cache_key
 
@@ -115,7 +116,8 @@ def main() -> int:
     with ResultStore(args.store) as store:
         for spec in (tfl, ort):
             t0 = time.perf_counter()
-            profile_archs(archs, [spec], store, space="compofa", show_progress=True)
+            with progress_display() as progress:
+                profile_archs(archs, [spec], store, space="compofa", progress=progress)
             wall[spec.name] = time.perf_counter() - t0
         rows = store.rows(
             ("device", "workload_key", "status", "median_ms", "prepare_json"), kind="network"

@@ -1053,7 +1053,8 @@ def predictor_and_search(out: Path, smoke: bool, log: Log, command: str) -> dict
     """Train the predictor on compofa's acc.csv, search with it under MACs targets, and score
     the winners by their measured accuracy against the measured Pareto front."""
     from compofa_bench import predictor as P
-    from compofa_bench.export import SearchJob, SubnetSource, run_search_job
+    from compofa_bench.export import SubnetSource
+    from compofa_bench.jobs import SearchJob, run_search_job
 
     acc_path = out / "runs" / "compofa" / "acc.csv"
     data = P.read_acc_csv(acc_path)

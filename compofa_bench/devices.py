@@ -30,13 +30,12 @@ Anything ending in ``.toml`` or containing a path separator is read as a path in
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from compofa_bench.errors import DeviceError, MeasurementError
 from compofa_bench.measure import Protocol
@@ -46,13 +45,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-if TYPE_CHECKING:
-    from compofa_bench.adapters.base import Adapter
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _TOP_KEYS = {
     "name", "adapter", "description", "options", "protocol", "batch_size", "shares_host_cpus",
 }  # fmt: skip
+
+
+#: Runtime adapters, looked up by the ``adapter = "..."`` value of a device file. Values are
+#: ``"module:Class"`` strings so that a runtime's heavy packages load only when a device using it
+#: is opened (:func:`compofa_bench.adapters.open_adapter`). Add a runtime with one line here
+#: (see docs/adapters.md).
+ADAPTERS: dict[str, str] = {
+    "cpu-ort": "compofa_bench.adapters.ort_cpu:OrtCpuAdapter",
+    "cuda-torch": "compofa_bench.adapters.cuda_torch:CudaTorchAdapter",
+    "tensorrt": "compofa_bench.adapters.tensorrt:TensorRTAdapter",
+    "tflite-local": "compofa_bench.adapters.tflite_local:TfliteLocalAdapter",
+    "android-adb": "compofa_bench.adapters.android_adb:AndroidAdbAdapter",
+}
 
 
 @dataclass(frozen=True)
@@ -182,31 +192,4 @@ def parse_device(raw: Mapping[str, Any], path: Path | None = None) -> DeviceSpec
 
 
 def _adapter_kinds() -> list[str]:
-    from compofa_bench.adapters import ADAPTERS
-
     return sorted(ADAPTERS)
-
-
-def adapter_class(spec: DeviceSpec) -> type[Adapter]:
-    """Import the adapter class lazily (heavy runtimes load only when used)."""
-    from compofa_bench.adapters import ADAPTERS
-
-    target = ADAPTERS.get(spec.adapter)
-    if target is None:
-        raise DeviceError(f"unknown adapter {spec.adapter!r}; known: {', '.join(sorted(ADAPTERS))}")
-    module_name, _, cls_name = target.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, cls_name)
-
-
-def check_device(spec: DeviceSpec) -> DeviceSpec:
-    """The one validation of a device's ``[options]``, without opening its runtime: every
-    command that takes a device (``devices show``, ``profile``, ...) calls it, so they accept
-    and refuse the same files (an adapter's constructor checks the same options again)."""
-    adapter_class(spec).check_options(spec)
-    return spec
-
-
-def open_adapter(spec: DeviceSpec) -> Adapter:
-    """Build the device's adapter (its constructor validates the options)."""
-    return adapter_class(spec)(spec)

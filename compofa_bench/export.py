@@ -9,16 +9,20 @@ latency is measured there next to the prediction.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compofa_bench.errors import ExportError, MissingDependencyError
-from compofa_bench.fileio import atomic_write_json
+from compofa_bench.netspec import NetSpec
 from compofa_bench.spaces import Arch
+
+if TYPE_CHECKING:
+    from compofa_bench.adapters.base import Adapter
+    from compofa_bench.devices import DeviceSpec
+    from compofa_bench.store import ResultStore
 
 FORMATS = ("onnx", "tflite", "tensorrt")
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
@@ -37,6 +41,11 @@ class SubnetSource:
     calib_images: int = 2000
     calib_batch_size: int = 100
     seed: int = 0
+
+    @property
+    def net(self) -> NetSpec:
+        """The supernet the subnet is cut from."""
+        return NetSpec(self.base, self.width_mult, self.n_classes, self.checkpoint)
 
     @property
     def weights(self) -> str:
@@ -221,41 +230,35 @@ def export_arch(
 def measure_artifact(
     module: Any,
     arch: Arch,
-    device: Any,
-    store_path: str | Path | None = None,
+    spec: DeviceSpec,
+    adapter: Adapter,
+    store: ResultStore,
     source: SubnetSource = SubnetSource(),
     run: Any = None,
 ) -> dict[str, Any]:
-    """Latency of ``module`` on ``device`` through its adapter (which builds its own runtime
-    artifact from the same module: ONNX for cpu-ort, TFLite for phones, an engine for GPUs).
-    ``run``: a :class:`~compofa_bench.timing_run.RunOptions` (default: 3 rounds, as every check
-    of a prediction)."""
-    from compofa_bench import devices, profile
-    from compofa_bench.store import ResultStore
+    """Latency of ``module`` on the device ``spec`` through its open ``adapter`` (which builds
+    its own runtime artifact from the same module: ONNX for cpu-ort, TFLite for phones, an
+    engine for GPUs), written to ``store``. The caller opens and closes both
+    (:mod:`compofa_bench.jobs`). ``run``: a :class:`~compofa_bench.timing_run.RunOptions`
+    (default: 3 rounds, as every check of a prediction)."""
+    from compofa_bench import profile
     from compofa_bench.timing_run import CHECK_ROUNDS, RunOptions
 
-    spec = device if isinstance(device, devices.DeviceSpec) else devices.load_device(device)
-    store_file = Path(store_path) if store_path else None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = store_file or Path(tmp) / "results.sqlite"
-        with ResultStore(path) as store:
-            summaries = profile.profile_archs(
-                [arch],
-                [spec],
-                store,
-                base=source.base,
-                width_mult=source.width_mult,
-                n_classes=source.n_classes,
-                show_progress=False,
-                skip_done=False,
-                build_module=lambda _a: module,
-                run=run or RunOptions(rounds=CHECK_ROUNDS),
-            )
-            s = summaries[0].to_dict()
+    summaries = profile.profile_archs(
+        [arch],
+        [spec],
+        store,
+        net=source.net,
+        skip_done=False,
+        build_module=lambda _a: module,
+        adapters=[adapter],
+        run=run or RunOptions(rounds=CHECK_ROUNDS),
+    )
+    s = summaries[0].to_dict()
     row = next((r for r in s["results"] if r["key"] == arch.key()), None)
     if row is None or row["median_ms"] is None:
         err = row["error"] if row else "no result"
-        raise ExportError(f"measuring on {device} failed: {err}")
+        raise ExportError(f"measuring on {spec.name} failed: {err}")
     return {
         "device": spec.name,
         "median_ms": row["median_ms"],
@@ -266,224 +269,3 @@ def measure_artifact(
         "noise_floor": s["noise_floor"],
         "fingerprint_hash": s["fingerprint_hash"],
     }
-
-
-# =============================================================================== search job
-
-
-@dataclass(frozen=True)
-class SearchJob:
-    """Everything ``compofa-bench search`` does, as data (see :func:`run_search_job`)."""
-
-    space: str
-    targets: tuple[float, ...]
-    out_dir: str
-    lut: str | None = None
-    macs: bool = False
-    measure_latency: bool = False
-    predictor: str | None = None
-    accuracy_proxy: str | None = None
-    resolutions: tuple[int, ...] | None = None
-    method: str = "auto"
-    seed: int = 0
-    population_size: int = 100
-    #: None: ``search.EvolutionConfig``'s default (10 when a local search follows, else 500)
-    generations: int | None = None
-    mutate_prob: float = 0.1
-    export: str | None = None
-    #: a device name or TOML path, or a DeviceSpec (the demo passes its pinned device)
-    device: Any = None
-    store: str = "results.db"
-    allow_width_mismatch: bool = False
-    source: SubnetSource = SubnetSource()
-    #: a predictor trained at other resolutions scores the search's by rank order
-    #: (``predictor.map_resolutions``; the demo's Fashion-MNIST predictor at 160/224 px)
-    map_predictor_resolutions: bool = False
-    #: measured > target x (1 + tolerance) is MISSED (compofa_bench.verdict)
-    tolerance: float = 0.10
-    #: how winners are re-measured (a timing_run.RunOptions; None: 3 rounds)
-    run: Any = None
-
-
-def _target_dir(out: Path, target: float, unit: str) -> Path:
-    return out / f"target_{target:g}{'ms' if unit == 'ms' else 'mmacs'}"
-
-
-def run_search_job(job: SearchJob, progress: Any = None, on_export: Any = None) -> dict[str, Any]:
-    """Search every target, write the out dir, export and measure winners when asked.
-
-    Writes ``search.json`` (everything), ``pareto.json``/``pareto.png`` and per target a
-    ``target_<T>ms/`` folder with ``arch.json`` (OFA dict), ``result.json`` and the artifact.
-    Returns the ``search.json`` content.
-    """
-    import numpy as np
-
-    from compofa_bench import search as S
-    from compofa_bench import spaces, verdict
-    from compofa_bench.errors import SearchError
-
-    space = spaces.get(job.space, job.resolutions)
-    n_sources = sum([job.lut is not None, job.macs, job.measure_latency])
-    if n_sources != 1:
-        raise SearchError("give exactly one constraint source: --lut, --macs or --measure-latency")
-    if (job.predictor is None) == (job.accuracy_proxy is None):
-        raise SearchError(
-            "give exactly one accuracy source: --predictor P or --accuracy-proxy macs"
-        )
-    w = job.source.width_mult
-    if job.lut is not None:
-        cost: Any = S.LutLatency.from_file(job.lut, w, job.allow_width_mismatch)
-        if job.resolutions is None:
-            common = [r for r in space.resolutions if r in cost.table.resolutions]
-            if not common:
-                raise SearchError(
-                    f"the table's resolutions {list(cost.table.resolutions)} and space "
-                    f"{space.name}'s {list(space.resolutions)} have none in common: pass "
-                    "--resolutions"
-                )
-            space = space.with_resolutions(common)
-    elif job.macs:
-        cost = S.MacsLatency(w, job.source.base, job.source.n_classes)
-    else:
-        if not job.device:
-            raise SearchError("--measure-latency needs --device")
-        cost = S.MeasuredLatency(
-            job.device, job.store, w, job.source.base, job.source.n_classes, space=space.name
-        )
-    if job.predictor is not None:
-        from compofa_bench import predictor as P
-
-        pred: Any = P.load(job.predictor)
-        enc = pred.encoder
-        if job.map_predictor_resolutions:
-            pred = P.map_resolutions(pred, space.resolutions)
-        elif enc.resolution_mode == "onehot" and job.resolutions is None:
-            known = [r for r in space.resolutions if r in enc.resolutions]
-            if not known:
-                raise SearchError(
-                    f"the predictor knows resolutions {list(enc.resolutions)}, none of the "
-                    f"search's {list(space.resolutions)}: pass --resolutions"
-                )
-            space = space.with_resolutions(known)
-        accuracy: Any = S.PredictorAccuracy(pred)
-    elif job.accuracy_proxy == "macs":
-        accuracy = S.MacsProxy(space, w, job.source.n_classes)
-    else:
-        raise SearchError(f"unknown --accuracy-proxy {job.accuracy_proxy!r} (only 'macs')")
-    cfg = S.EvolutionConfig(
-        population_size=job.population_size,
-        generations=job.generations,
-        mutate_prob=job.mutate_prob,
-    )
-    outcome = S.search(
-        space,
-        accuracy,
-        cost,
-        job.targets,
-        np.random.default_rng(job.seed),
-        method=job.method,
-        config=cfg,
-        progress=progress,
-    )
-    out = Path(job.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    unit = outcome.unit
-    builder = SubnetBuilder(job.source) if job.export else None
-    targets_out = []
-    for r in outcome.results:
-        item = target_record(r, outcome, job)
-        if r.arch is not None:
-            tdir = _target_dir(out, r.target, unit)
-            atomic_write_json(tdir / "arch.json", r.arch.to_ofa())
-            if job.export and builder is not None:
-                res = export_arch(
-                    r.arch, job.export, tdir / f"model{SUFFIX[job.export]}", job.source, builder
-                )
-                if job.device:
-                    module, _ = builder.extract(r.arch)
-                    res.measured = measure_artifact(
-                        module, r.arch, job.device, job.store, job.source, job.run
-                    )
-                item["export"] = res.to_dict()
-                if res.measured is not None:
-                    item["measured_latency_ms"] = res.measured["median_ms"]
-                    item["measured_device"] = res.measured["device"]
-                    if unit == "ms":
-                        v = verdict.check(r.target, r.cost, res.measured, job.tolerance)
-                        item["verdict"] = v.to_dict()
-                if on_export is not None:
-                    on_export(item)
-            atomic_write_json(tdir / "result.json", item)
-        targets_out.append(item)
-    frontier = [
-        {"arch": a.to_ofa(), "key": a.key(), "score": s, "cost": c} for a, s, c in outcome.frontier
-    ]
-    doc = {
-        "space": space.name,
-        "resolutions": list(space.resolutions),
-        "width_mult": w,
-        "method": outcome.method,
-        "accuracy_source": outcome.score_label,
-        "accuracy_is_proxy": outcome.score_is_proxy,
-        "constraint_source": outcome.cost_label,
-        "unit": unit,
-        "seed": job.seed,
-        "evolution": None if outcome.config is None else asdict(outcome.config),
-        "weights": job.source.weights,
-        "search_seconds": outcome.seconds,
-        "fastest": None
-        if outcome.fastest is None
-        else {"arch": outcome.fastest[0].to_ofa(), "cost": outcome.fastest[1]},
-        "targets": targets_out,
-        "verdict": verdict.summarize(targets_out, job.tolerance),
-        "frontier": frontier,
-    }
-    atomic_write_json(
-        out / "pareto.json",
-        {"unit": unit, "accuracy_source": outcome.score_label, "frontier": frontier},
-    )
-    from compofa_bench.report import plot_pareto
-
-    ms_unit = unit == "ms"
-    cost_label = "latency (ms)" if ms_unit else "MMACs"
-    score_label = "MACs proxy (NOT accuracy)" if outcome.score_is_proxy else "predicted top-1"
-    # the re-measured winner beside its prediction; "missed" is #14's verdict when the item
-    # has one, else plot_pareto calls a measurement above its target missed
-    picks = [
-        (r.target, r.cost, r.score, item.get("measured_latency_ms") if ms_unit else None,
-         item.get("missed"))
-        for r, item in zip(outcome.results, targets_out, strict=True)
-        if r.arch is not None
-    ]  # fmt: skip
-    plot_pareto(
-        [(f["cost"], f["score"]) for f in frontier],
-        picks,
-        out / "pareto.png",
-        cost_label=f"{cost_label}: {outcome.cost_label}",
-        score_label=score_label,
-        title=f"{space.name}: {outcome.method} search",
-    )
-    atomic_write_json(out / "search.json", doc)
-    return doc
-
-
-def target_record(r: Any, outcome: Any, job: SearchJob) -> dict[str, Any]:
-    """One target's JSON object (what ``search --json`` prints per target)."""
-    ms = outcome.unit == "ms"
-    item: dict[str, Any] = {
-        ("target_ms" if ms else "target_mmacs"): r.target,
-        "feasible": r.feasible,
-        "arch": None if r.arch is None else r.arch.to_ofa(),
-        "key": None if r.arch is None else r.arch.key(),
-        ("predicted_accuracy" if not outcome.score_is_proxy else "proxy_score_mmacs"): (
-            None if r.arch is None else r.score
-        ),
-        ("predicted_latency_ms" if ms else "mmacs"): None if r.arch is None else r.cost,
-        "search_seconds": r.seconds,
-        "accuracy_source": outcome.score_label,
-        "constraint_source": outcome.cost_label,
-        "method": outcome.method,
-    }
-    if not r.feasible:
-        item["message"] = r.message
-    return item

@@ -5,6 +5,10 @@ for at least ``warmup_runs`` runs *and* ``warmup_min_s`` seconds, then time runs
 ``min_runs`` runs *and* ``min_s`` seconds are done, stopping early only at ``max_s`` seconds.
 Every per-run sample is kept; statistics are computed from the samples, never from a running
 mean, so they can be recomputed later.
+
+The two records every adapter exchanges with the loop live here too: :class:`Workload` (what
+to measure) and :class:`Timing` (what one timed run produced). This module is the floor: it
+knows no runtime and imports nothing from ``compofa_bench.adapters``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +27,56 @@ import numpy as np
 from compofa_bench.errors import MeasurementError
 
 if TYPE_CHECKING:
-    from compofa_bench.adapters.base import Timing
+    import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What to measure.
+
+    ``module`` is a float32 PyTorch module in eval mode taking one NCHW tensor.
+    ``input_shape`` includes the batch dimension. ``cache_key`` identifies the workload
+    for artifact caches (arch key or layer key plus anything that changes the graph);
+    adapters add their own parts (precision, runtime version, ...).
+
+    A workload may instead be *lazy*: ``module=None`` and a ``module_factory``. Adapters that
+    set ``lazy_module = True`` call :meth:`get_module` only on an artifact-cache miss, so a
+    rerun with cached artifacts never builds the subnet; for every other adapter the profile
+    loop resolves the module before :meth:`Adapter.prepare`, so ``workload.module`` is set.
+    """
+
+    name: str
+    module: nn.Module | None
+    input_shape: tuple[int, ...]
+    cache_key: str
+    module_factory: Callable[[], nn.Module] | None = field(default=None, compare=False)
+
+    def get_module(self) -> nn.Module:
+        """The module, built (once) by ``module_factory`` when the workload is lazy."""
+        if self.module is None:
+            if self.module_factory is None:
+                raise ValueError(f"workload {self.name} has neither a module nor a factory")
+            # frozen for users, but a lazy workload fills its own cache exactly once
+            object.__setattr__(self, "module", self.module_factory())
+        assert self.module is not None
+        return self.module
+
+
+@dataclass
+class Timing:
+    """What one timed run of a prepared workload produced.
+
+    ``samples_ms`` holds one latency per timed run when the runtime exposes them. Native tools
+    that print only a summary (``benchmark_model``) leave it empty and fill ``summary_ms`` with
+    the keys they have (``count``, ``mean``, ``std``, ``min``, ``max``, ``first``...).
+    ``raw_output`` keeps a native tool's text so a parse can be redone later.
+    """
+
+    samples_ms: list[float]
+    warmup_ms: list[float] = field(default_factory=list)
+    summary_ms: dict[str, float] = field(default_factory=dict)
+    raw_output: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -294,7 +347,6 @@ def timed_loop(
     ``sample_clock`` (default: ``clock``) times each run, e.g. ``time.thread_time`` for the
     CPU time of a single-threaded runtime on a shared machine.
     """
-    from compofa_bench.adapters.base import Timing
 
     if sample_clock is not None and sample_clock is not clock:
         return _timed_loop_two_clocks(fn, protocol, clock, sample_clock)
@@ -329,7 +381,6 @@ def _timed_loop_two_clocks(
     clock: Callable[[], float],
     sample_clock: Callable[[], float],
 ) -> Timing:
-    from compofa_bench.adapters.base import Timing
 
     warmup: list[float] = []
     start = clock()

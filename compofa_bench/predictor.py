@@ -33,6 +33,7 @@ from compofa_bench.convert import torch_threads
 from compofa_bench.encoding import ArchArrays, Encoder
 from compofa_bench.errors import ArchError, PredictorError, SpaceError
 from compofa_bench.fileio import atomic_path
+from compofa_bench.progress import ProgressEvent, ProgressFn, report
 from compofa_bench.ranking import kendall_tau_b, spearman
 from compofa_bench.spaces import Arch
 
@@ -308,11 +309,12 @@ def rmse(a: np.ndarray, b: np.ndarray) -> float:
 def train_predictor(
     data: AccuracyData,
     config: TrainConfig = TrainConfig(),
-    progress: Any = None,
+    progress: ProgressFn | None = None,
 ) -> AccuracyPredictor:
     """Train a predictor on ``data``; the held-out figures land in ``predictor.info``.
 
-    ``progress`` is an optional callable ``(epoch, train_rmse, val_rmse)``.
+    ``progress`` hears of each epoch (task ``train predictor``; ``current`` holds the train
+    and held-out RMSE).
     """
     n = len(data.archs)
     if n < 5:
@@ -383,7 +385,7 @@ def _fit(
     y_val: np.ndarray,
     config: TrainConfig,
     gen: torch.Generator,
-    progress: Any,
+    progress: ProgressFn | None,
 ) -> tuple[float, int, int, dict[str, torch.Tensor]]:
     """Epochs until held-out RMSE stops improving; returns the best state and its figures."""
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -406,8 +408,8 @@ def _fit(
         with torch.no_grad():
             val_pred = model(x_val).squeeze(1).numpy()
         val_rmse = rmse(val_pred, y_val)
-        if progress is not None:
-            progress(epoch, math.sqrt(total / len(order)), val_rmse)
+        rmses = f"train RMSE {math.sqrt(total / len(order)):.4f}  held-out RMSE {val_rmse:.4f}"
+        report(progress, ProgressEvent("train predictor", epoch, config.max_epochs, rmses))
         if val_rmse < best_val - 1e-7:
             best_val, best_epoch, since_best = val_rmse, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}

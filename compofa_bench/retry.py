@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from compofa_bench.errors import DeviceError, StoreError
+from compofa_bench.netspec import NetSpec
 
 if TYPE_CHECKING:
     from compofa_bench.devices import DeviceSpec
     from compofa_bench.profile import RunSummary
+    from compofa_bench.progress import ProgressFn
     from compofa_bench.spaces import Arch
     from compofa_bench.store import ResultStore
 
@@ -81,7 +83,7 @@ def retry_group(
     *,
     protocol_overrides: Mapping[str, Any] | None = None,
     any_fingerprint: bool = False,
-    show_progress: bool = True,
+    progress: ProgressFn | None = None,
     build_module: Callable[[Arch], Any] | None = None,
 ) -> RunSummary:
     """Measure ``group``'s archs again on ``spec`` with their stored protocol (plus
@@ -89,7 +91,7 @@ def retry_group(
     device's fingerprint now differs from the rows' (that would be a new device, not a retry).
     ``build_module`` replaces the supernet, as in ``profile_archs``."""
     from compofa_bench import spaces
-    from compofa_bench.devices import open_adapter
+    from compofa_bench.adapters import open_adapter
     from compofa_bench.profile import device_fingerprint, profile_archs
 
     protocol = {**group.protocol, **{k: v for k, v in (protocol_overrides or {}).items()
@@ -110,9 +112,9 @@ def retry_group(
                 "not replace them (pass --any-fingerprint to measure anyway)"
             )
         [summary] = profile_archs(
-            archs, [spec], store, space=group.space, base=group.base,
-            width_mult=group.width_mult, n_classes=group.n_classes,
-            protocol_overrides=protocol, skip_done=False, show_progress=show_progress,
+            archs, [spec], store, space=group.space,
+            net=NetSpec(group.base, group.width_mult, group.n_classes),
+            protocol_overrides=protocol, skip_done=False, progress=progress,
             adapters=[adapter], build_module=build_module,
         )  # fmt: skip
     finally:

@@ -316,7 +316,7 @@ def test_two_phones_profile_into_one_store(tmp_path: Path, cat_binary: Path) -> 
             spec_for(d2, cat_binary, tmp_path, name="phone-2", retries=0, threads=1),
         ]
         summaries = profile_archs(
-            archs, specs, store, space="compofa", show_progress=False,
+            archs, specs, store, space="compofa",
             build_module=lambda arch: nn.Identity(),
         )  # fmt: skip
         by_device = {s.device: s for s in summaries}
@@ -334,7 +334,7 @@ def test_two_phones_profile_into_one_store(tmp_path: Path, cat_binary: Path) -> 
         assert run_dirs(d1) == [] and run_dirs(d2) == []
         # Resume: a second run measures nothing new on the healthy phone.
         again = profile_archs(
-            archs, specs[:1], store, space="compofa", show_progress=False,
+            archs, specs[:1], store, space="compofa",
             build_module=lambda arch: nn.Identity(),
         )  # fmt: skip
         assert len(again[0].by_status("skipped")) == 3
@@ -349,7 +349,7 @@ def test_failed_run_keeps_raw_output_in_the_store(tmp_path: Path) -> None:
     seed_cache(tmp_path / "tflite-cache", arch_cache_key(arch, batch_size=1), (1, 3, 128, 128))
     with AdbDaemon(tmp_path / "phone") as d, ResultStore(tmp_path / "r.db") as store:
         (summary,) = profile_archs(
-            [arch], [spec_for(d, binary, tmp_path)], store, show_progress=False,
+            [arch], [spec_for(d, binary, tmp_path)], store,
             build_module=lambda a: nn.Identity(),
         )  # fmt: skip
         assert len(summary.by_status("failed")) == 1

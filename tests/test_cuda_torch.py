@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
 from compofa_bench.cli import main
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.errors import DeviceError, MeasurementError
 from compofa_bench.measure import Protocol
 
@@ -227,7 +228,6 @@ def test_profile_archs_on_cuda_torch(tmp_path) -> None:
             store,
             space="compofa",
             protocol_overrides={"batch_size": 8, "min_runs": 5, "min_s": 0.0, "warmup_min_s": 0.0},
-            show_progress=False,
         )
         assert [o.status for o in summaries[0].outcomes] == ["ok", "ok"]
         assert store.count() == 2
@@ -246,7 +246,6 @@ def test_profile_archs_fails_before_any_work_without_gpu(tmp_path) -> None:
             [_spec()],
             store,
             build_module=lambda arch: built.append(arch),
-            show_progress=False,
         )
     assert built == []
 
@@ -262,7 +261,6 @@ def test_lut_build_on_cuda_torch(tmp_path) -> None:
     spec = _spec().with_protocol(FAST.replace(batch_size=8))
     table, _ = build_table(
         spec, space, batch_size=8, store_path=tmp_path / "r.db", out=tmp_path / "t.json",
-        show_progress=False,
     )  # fmt: skip
     archs = space.sample_many(5, np.random.default_rng(0))
     predicted = LatencyTable.load(tmp_path / "t.json").predict_ms(archs)

@@ -120,3 +120,49 @@ def test_remote_adapters_leave_host_out_of_the_stable_fingerprint() -> None:
     assert remote["stable"] == {"adapter": {"runtime": "x"}}
     assert local["stable_hash"] != remote["stable_hash"]
     assert remote["volatile"]["host_cpu"] == local["stable"]["cpu_model"]  # still recorded
+
+
+@pytest.mark.parametrize(
+    "options,fragment",
+    [
+        ("threads = -2", "threads"),
+        ('graph_optimization = "bogus"', "graph_optimization"),
+        ("thraeds = 1", "unknown cpu-ort option(s) thraeds"),
+        ('spinning = "false"', "spinning must be true or false"),
+        ('timer = "thread_cpu"\nthreads = 2', "threads = 1"),
+    ],
+)
+def test_devices_show_rejects_what_profile_rejects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: str, fragment: str
+) -> None:
+    # One parser for a device's [options]: `devices show` (no adapter opened) and `profile`
+    # (which opens it) fail on the same option with the same message.
+    f = tmp_path / "d.toml"
+    f.write_text(f'name = "d"\nadapter = "cpu-ort"\n[options]\n{options}\n')
+    assert main(["devices", "show", str(f)]) == 2
+    shown = capsys.readouterr().err
+    assert fragment in shown
+    rc = main(["profile", "--device", str(f), "--space", "compofa", "--sample", "1",
+               "--store", str(tmp_path / "r.db")])  # fmt: skip
+    assert rc == 2
+    assert capsys.readouterr().err == shown
+
+
+def test_bool_options_refuse_strings() -> None:
+    from compofa_bench.adapters.options import (
+        parse_android_adb_options,
+        parse_ort_cpu_options,
+        parse_tflite_local_options,
+    )
+
+    with pytest.raises(DeviceError, match="spinning must be true or false, got 'false'"):
+        parse_ort_cpu_options({"spinning": "false"}, "d")
+    assert parse_ort_cpu_options({"spinning": False}, "d").spinning is False
+    with pytest.raises(DeviceError, match="xnnpack must be true or false"):
+        parse_tflite_local_options({"xnnpack": "no"}, "d")
+    with pytest.raises(DeviceError, match="threads must be an integer"):
+        parse_tflite_local_options({"threads": True}, "d")
+    phone = {"serial": "s:5555", "benchmark_binary": "bm"}
+    with pytest.raises(DeviceError, match="gpu must be true or false"):
+        parse_android_adb_options({**phone, "gpu": "false"}, "d")
+    assert parse_android_adb_options(phone, "d").threads == 4

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from compofa_bench import export as X
+from compofa_bench import jobs as J
 from compofa_bench import search as S
 from compofa_bench import spaces, supernet
 from compofa_bench.cli import main
@@ -261,7 +262,7 @@ def test_cli_predictor_train_then_search(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_search_export_and_measure_on_cpu(tmp_path: Path) -> None:
-    job = X.SearchJob(
+    job = J.SearchJob(
         space="compofa",
         targets=(120.0,),
         out_dir=str(tmp_path),
@@ -272,7 +273,7 @@ def test_search_export_and_measure_on_cpu(tmp_path: Path) -> None:
         device="cpu-ort",
         store=str(tmp_path / "r.db"),
     )
-    doc = X.run_search_job(job)
+    doc = J.run_search_job(job)
     item = doc["targets"][0]
     assert item["export"]["parity"]["ok"]
     assert item["measured_latency_ms"] > 0 and item["measured_device"] == "cpu-ort"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from compofa_bench import search as S
-from compofa_bench import spaces
+from compofa_bench import sources, spaces
 from compofa_bench.encoding import ArchArrays, active_mask, take
-from compofa_bench.knapsack import GRID_CELLS, linearized_optima
+from compofa_bench.search.knapsack import GRID_CELLS, linearized_optima
 
 
 def additive_score(space: spaces.SearchSpace, rng: np.random.Generator):
@@ -53,7 +53,7 @@ def test_finds_the_optimum_of_an_additive_score(name: str) -> None:
     res = np.array(space.resolutions)
     rng = np.random.default_rng(5)
     score = additive_score(space, rng)
-    pricer = S.Pricer(S.MacsLatency(1.0), space)
+    pricer = S.Pricer(sources.MacsLatency(1.0), space)
     every = S.Genome(space).enumerate()
     cost, value = pricer(every), score(every)
     limits = np.quantile(cost, [0.1, 0.4, 0.8])
@@ -84,7 +84,7 @@ def test_pinned_depths_and_several_limits_per_row() -> None:
     space = spaces.get("ofa", [176, 208])
     rng = np.random.default_rng(2)
     score = additive_score(space, rng)
-    pricer = S.Pricer(S.MacsLatency(1.0), space)
+    pricer = S.Pricer(sources.MacsLatency(1.0), space)
     refs = S.Genome(space).sample(4, rng)
     limits = np.array([[250.0, 350.0, 500.0]] * 4)
     sol, ok, src, col = linearized_optima(space, score, pricer.model, refs, limits, pin_depths=True)

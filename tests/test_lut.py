@@ -12,7 +12,7 @@ import yaml
 from _ofa_compare import ofa_tutorial
 
 from compofa_bench import search as S
-from compofa_bench import spaces
+from compofa_bench import sources, spaces
 from compofa_bench.cli import main
 from compofa_bench.errors import LutError
 from compofa_bench.lut import (
@@ -420,7 +420,7 @@ def test_search_with_a_calibrated_table_prices_as_the_table(form):
     scales = {160: 0.82, 192: 0.93, 224: 1.07} if form == "per-resolution" else {}
     cal = Calibration(0.7, 0.95, 30, scale_by_resolution=scales)
     table = _synthetic_table(space, 1.0, seed=8).with_calibration(cal)
-    source = S.LutLatency(table)
+    source = sources.LutLatency(table)
     model = source.additive(space)
     sample = S.Genome(space).sample(500, np.random.default_rng(9))
     archs = [S.to_arch(sample, i, space.stage_sizes) for i in range(len(sample))]
@@ -429,7 +429,7 @@ def test_search_with_a_calibrated_table_prices_as_the_table(form):
     # cost is the table's calibrated prediction.
     lat = table.predict_ms(list(space.enumerate()))
     targets = list(np.quantile(lat, [0.2, 0.5, 0.8]))
-    out = S.search(space, S.MacsProxy(space), source, targets, np.random.default_rng(0))
+    out = S.search(space, sources.MacsProxy(space), source, targets, np.random.default_rng(0))
     assert all(r.feasible for r in out.results)
     for r in out.results:
         assert r.cost == pytest.approx(float(table.predict_ms([r.arch])[0]), rel=1e-12)

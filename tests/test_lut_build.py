@@ -37,7 +37,6 @@ def built(workdir: Path):
     space = spaces.get("compofa", [RES])
     table, summary = build_table(
         workdir / "dev.toml", space, store_path=workdir / "s.db", out=workdir / "t.json",
-        show_progress=False,
     )  # fmt: skip
     return space, table, summary
 
@@ -96,7 +95,7 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
     before = lut.read_bytes()
     report = validate_table(
         lut, workdir / "dev.toml", "compofa", n_sample=3, n_calibrate=3, seed=1,
-        store_path=workdir / "s.db", plot=workdir / "p.png", show_progress=False,
+        store_path=workdir / "s.db", plot=workdir / "p.png",
         out=workdir / "calibrated.json",
     )  # fmt: skip
     assert lut.read_bytes() == before  # the input table is never rewritten
@@ -129,7 +128,6 @@ def test_validate_with_calibration_on_a_separate_set(built, workdir):
         n_sample=3,
         seed=1,
         store_path=workdir / "s.db",
-        show_progress=False,
     )
     assert again["measurement"]["measured_now"] == 0
     assert [r["measured_ms"] for r in again["archs"]] == [r["measured_ms"] for r in report["archs"]]
@@ -147,7 +145,7 @@ def test_validate_interleaves_measurement_and_keeps_the_validation_set(built, wo
     n, m, seed = 4, 3, 5
     report = validate_table(
         lut, workdir / "dev.toml", "compofa", n_sample=n, n_calibrate=m, seed=seed,
-        store_path=store, show_progress=False,
+        store_path=store,
         run=RunOptions(rounds=1),  # one round keeps the interleaved order (more shuffle it)
     )  # fmt: skip
     archs = spaces.get("compofa", [RES]).sample_many(n + m, np.random.default_rng(seed))

@@ -122,7 +122,7 @@ def _build(workdir: Path, method: BuildMethod):
 
     return build_table(
         workdir / "dev.toml", SPACE, store_path=workdir / "s.db",
-        out=workdir / f"{method.name}.json", show_progress=False, method=method,
+        out=workdir / f"{method.name}.json", method=method,
     )  # fmt: skip
 
 

@@ -32,7 +32,6 @@ def workdir(tmp_path_factory) -> Path:
     write_tiny_ort_device(d, parity_check=False)
     build_table(
         d / "dev.toml", spaces.get("compofa", [RES]), store_path=d / "s.db", out=d / "t.json",
-        show_progress=False,
     )  # fmt: skip
     return d
 
@@ -287,7 +286,7 @@ def test_validate_holds_out_the_archs_a_learned_table_was_fitted_on(workdir):
     table.save(workdir / "fitted.json")
     report = validate_table(
         workdir / "fitted.json", workdir / "dev.toml", "compofa", n_sample=3, seed=4,
-        store_path=workdir / "s.db", show_progress=False,
+        store_path=workdir / "s.db",
     )  # fmt: skip
     keys = [row["key"] for row in report["archs"]]
     assert len(keys) == 3 == len(set(keys)) and drawn[1].key() in keys

@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
 from compofa_bench.convert import cached_onnx, check_onnx_parity, to_onnx
-from compofa_bench.devices import DeviceSpec, open_adapter
+from compofa_bench.devices import DeviceSpec
 from compofa_bench.errors import DeviceError, ExportError, MissingDependencyError
 from compofa_bench.measure import Protocol, Stats
 

@@ -17,9 +17,10 @@ import pytest
 import torch.nn as nn
 
 from compofa_bench import spaces
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
 from compofa_bench.cli import main
-from compofa_bench.devices import DeviceSpec, open_adapter
+from compofa_bench.devices import DeviceSpec
 from compofa_bench.measure import Protocol
 from compofa_bench.profile import Job, measure_workloads, profile_archs, select_archs
 from compofa_bench.store import SCHEMA_VERSION, ResultStore
@@ -55,7 +56,7 @@ def test_measure_records_failures_and_resumes(tmp_path: Path) -> None:
     adapter = open_adapter(spec(tmp_path))
     with ResultStore(tmp_path / "r.db") as store:
         jobs = [job("a", 8), job("bad", fail=True), job("b", 16), job("a", 8)]
-        s = measure_workloads(jobs, adapter, store, FAST, show_progress=False)
+        s = measure_workloads(jobs, adapter, store, FAST)
         assert [o.status for o in s.outcomes] == ["ok", "failed", "ok"]  # duplicate measured once
         failed = s.by_status("failed")[0]
         assert "RuntimeError: cannot build bad" in failed.error
@@ -65,13 +66,13 @@ def test_measure_records_failures_and_resumes(tmp_path: Path) -> None:
         assert "cannot build bad" in rows[1]["error"]
 
         # rerun: measured ones are skipped without being built; the failed one is retried
-        s2 = measure_workloads(jobs, adapter, store, FAST, show_progress=False)
+        s2 = measure_workloads(jobs, adapter, store, FAST)
         assert sorted(o.status for o in s2.outcomes) == ["failed", "skipped", "skipped"]
-        s3 = measure_workloads(jobs, adapter, store, FAST, show_progress=False, retry_failed=False)
+        s3 = measure_workloads(jobs, adapter, store, FAST, retry_failed=False)
         assert {o.status for o in s3.outcomes} == {"skipped"}
         # another protocol is another measurement
         other = FAST.replace(min_runs=6)
-        s4 = measure_workloads(jobs[:1], adapter, store, other, show_progress=False)
+        s4 = measure_workloads(jobs[:1], adapter, store, other)
         assert [o.status for o in s4.outcomes] == ["ok"]
         # the fingerprint stored has volatile before/after and the stable hash used for resume
         row = store.lookup("a", kind="layer", protocol_hash=FAST.hash())
@@ -87,10 +88,9 @@ def test_ctrl_c_keeps_finished_measurements(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.db") as store:
         jobs = [job("a"), job("b", interrupt=True), job("c")]
         with pytest.raises(KeyboardInterrupt):
-            measure_workloads(jobs, adapter, store, FAST, show_progress=False)
+            measure_workloads(jobs, adapter, store, FAST)
         assert [r["workload_key"] for r in store.rows()] == ["a"]
-        s = measure_workloads([job("a"), job("b"), job("c")], adapter, store, FAST,
-                              show_progress=False)  # fmt: skip
+        s = measure_workloads([job("a"), job("b"), job("c")], adapter, store, FAST)
         assert [o.status for o in s.outcomes] == ["skipped", "ok", "ok"]
 
 
@@ -98,7 +98,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, torch.nn as nn
     from compofa_bench.adapters.base import Workload
-    from compofa_bench.devices import DeviceSpec, open_adapter
+    from compofa_bench.devices import DeviceSpec
+    from compofa_bench.adapters import open_adapter
     from compofa_bench.measure import Protocol
     from compofa_bench.profile import Job, measure_workloads
     from compofa_bench.store import ResultStore
@@ -110,7 +111,7 @@ KILL_SCRIPT = textwrap.dedent(
                                 (1, 3, 16, 16), f"k{w}")
     jobs = [Job(f"w{w}", f"k{w}", make(w)) for w in range(1, 13)]
     with ResultStore(store_path) as store:
-        measure_workloads(jobs, adapter, store, p, show_progress=False,
+        measure_workloads(jobs, adapter, store, p,
                           on_outcome=lambda o: print("done", o.key, flush=True))
     """
 )
@@ -158,7 +159,7 @@ def test_two_devices_one_store(tmp_path: Path) -> None:
     devices = [spec(tmp_path, "dev-a"), b]
     with ResultStore(tmp_path / "r.db") as store:
         summaries = profile_archs(
-            archs, devices, store, space="compofa", show_progress=False,
+            archs, devices, store, space="compofa",
             build_module=lambda arch: tiny(8 + arch.d[0]),
         )  # fmt: skip
         assert sorted(s.device for s in summaries) == ["dev-a", "dev-b"]
@@ -179,7 +180,7 @@ def test_profile_real_subnets(tmp_path: Path) -> None:
     """End to end with the supernet: random-init subnets, exported, parity-checked, timed."""
     archs = select_archs("compofa", sample=2, seed=1, resolutions=[128])
     with ResultStore(tmp_path / "r.db") as store:
-        [s] = profile_archs(archs, [spec(tmp_path)], store, space="compofa", show_progress=False)
+        [s] = profile_archs(archs, [spec(tmp_path)], store, space="compofa")
         assert [o.status for o in s.outcomes] == ["ok", "ok"], [o.error for o in s.outcomes]
         d = s.to_dict()
         assert d["fastest"]["median_ms"] <= d["slowest"]["median_ms"]
@@ -301,9 +302,11 @@ def test_cli_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_progress_does_not_break_without_tty(tmp_path: Path) -> None:
     adapter = open_adapter(spec(tmp_path))
-    with ResultStore(tmp_path / "r.db") as store:
+    from compofa_bench.cli.progress import progress_display
+
+    with ResultStore(tmp_path / "r.db") as store, progress_display() as progress:
         t0 = time.perf_counter()
-        s = measure_workloads([job("a")], adapter, store, FAST, show_progress=True)
+        s = measure_workloads([job("a")], adapter, store, FAST, progress=progress)
         assert s.outcomes[0].status == "ok" and s.wall_s <= time.perf_counter() - t0 + 1e-6
 
 
@@ -317,10 +320,10 @@ def test_cached_exports_skip_building_the_subnet(tmp_path: Path) -> None:
 
     devices = [spec(tmp_path)]
     with ResultStore(tmp_path / "r.db") as store:
-        [s1] = profile_archs(archs, devices, store, show_progress=False, build_module=build)
+        [s1] = profile_archs(archs, devices, store, build_module=build)
         assert len(built) == 2 and all(o.prepare_s["build_s"] > 0 for o in s1.outcomes)
         # measured again (no skipping), but the ONNX cache holds both: nothing is built
-        [s2] = profile_archs(archs, devices, store, show_progress=False, build_module=build,
+        [s2] = profile_archs(archs, devices, store, build_module=build,
                              skip_done=False)  # fmt: skip
         assert len(built) == 2 and [o.status for o in s2.outcomes] == ["ok", "ok"]
         assert all(o.prepare_s["export_s"] == 0.0 for o in s2.outcomes)
@@ -344,7 +347,7 @@ def test_eager_adapters_get_a_built_module(tmp_path: Path) -> None:
 
     lazy = Job("k", "ck", lambda: Workload("k", None, (1, 3, 8, 8), "ck", module_factory=tiny))
     with ResultStore(tmp_path / "r.db") as store:
-        s = measure_workloads([lazy], Eager(spec(tmp_path)), store, FAST, show_progress=False)
+        s = measure_workloads([lazy], Eager(spec(tmp_path)), store, FAST)
     assert s.outcomes[0].status == "ok", s.outcomes[0].error
 
 
@@ -355,6 +358,6 @@ def test_stop_event_ends_between_jobs(tmp_path: Path) -> None:
     adapter = open_adapter(spec(tmp_path))
     with ResultStore(tmp_path / "r.db") as store:
         s = measure_workloads([job("a"), job("b"), job("c")], adapter, store, FAST,
-                              show_progress=False, stop=stop, on_outcome=lambda o: stop.set())  # fmt: skip
+                              stop=stop, on_outcome=lambda o: stop.set())  # fmt: skip
         assert s.interrupted and [o.key for o in s.outcomes] == ["a"]
         assert store.count() == 1

@@ -355,13 +355,13 @@ def test_retry_measures_unstable_rows_again(tmp_path: Path) -> None:
         return tiny(4 + arch.d[0])
 
     with ResultStore(tmp_path / "r.db") as store:
-        profile_archs(archs, [spec], store, space="compofa", show_progress=False,
+        profile_archs(archs, [spec], store, space="compofa",
                       build_module=build)  # fmt: skip
         rows = unstable_rows(store)
         assert len(rows) == 2
         [group] = group_rows(rows)
         assert group.skipped is None and group.protocol["unstable_threshold"] == 1e-12
-        s = retry_group(group, spec, store, show_progress=False, build_module=build)
+        s = retry_group(group, spec, store, build_module=build)
         assert s.to_dict()["measured"] == 2
         new = store.rows(device="t")
         assert len(new) == 4 and len({r["protocol_hash"] for r in new}) == 1  # same protocol
@@ -372,7 +372,7 @@ def test_retry_measures_unstable_rows_again(tmp_path: Path) -> None:
         from compofa_bench.errors import DeviceError
 
         with pytest.raises(DeviceError, match="fingerprint"):
-            retry_group(group, other, store, show_progress=False, build_module=build)
+            retry_group(group, other, store, build_module=build)
 
 
 def test_retry_cli_dry_run(store_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -427,7 +427,7 @@ def test_compare_real_stores_cpu_ort_and_tflite(tmp_path: Path, monkeypatch: pyt
             spec = spec.with_options(cache_dir=str(tmp_path / "tflite"))
         path = tmp_path / f"{name}.db"
         with ResultStore(path) as store:
-            [s] = profile_archs(archs, [spec], store, space="compofa", show_progress=False,
+            [s] = profile_archs(archs, [spec], store, space="compofa",
                                 protocol_overrides=fast,
                                 build_module=lambda a: tiny(widths[a.key()]))  # fmt: skip
         assert s.to_dict()["measured"] == 3, s.to_dict()["failed"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from compofa_bench import search as S
-from compofa_bench import spaces, supernet
+from compofa_bench import sources, spaces, supernet
 from compofa_bench.encoding import ArchArrays
 from compofa_bench.errors import SearchError
 
@@ -36,13 +36,13 @@ def note10(reference_dir):
     from compofa_bench.lut import import_ofa_dir
 
     table = import_ofa_dir(reference_dir / "compofa" / "latency_table@note10", width_mult=1.2)
-    return S.LutLatency(table, width_mult=1.2)
+    return sources.LutLatency(table, width_mult=1.2)
 
 
 @pytest.mark.parametrize("name", ["ofa", "compofa", "compofa-ek"])
 def test_macs_additive_model_equals_count_macs(name: str) -> None:
     space = spaces.get(name, [128, 176, 224])
-    model = S.MacsLatency(1.0).additive(space)
+    model = sources.MacsLatency(1.0).additive(space)
     sample = S.Genome(space).sample(60, np.random.default_rng(0))
     want = [supernet.count_macs(a) / 1e6 for a in _archs(sample, space)]
     np.testing.assert_allclose(model.evaluate(sample), want, rtol=1e-12)
@@ -116,7 +116,9 @@ def test_exhaustive_is_the_true_optimum(note10, reference_dir) -> None:
     pred = predictor.load(reference_dir / "compofa" / "acc_predictor.pth")
     space = spaces.get("compofa", [160, 192, 224])
     targets = [11.0, 14.0, 18.0, 23.0, 40.0]
-    out = S.search(space, S.PredictorAccuracy(pred), note10, targets, np.random.default_rng(0))
+    out = S.search(
+        space, sources.PredictorAccuracy(pred), note10, targets, np.random.default_rng(0)
+    )
     assert out.method == "exhaustive"
     archs = list(space.enumerate())  # independent path: Arch objects, the table's own predict
     acc = pred.predict(archs)
@@ -132,12 +134,12 @@ def test_exhaustive_is_the_true_optimum(note10, reference_dir) -> None:
 
 def test_infeasible_target_names_the_fastest() -> None:
     space = spaces.get("compofa", [160, 224])
-    macs = S.MacsLatency(1.0)
+    macs = sources.MacsLatency(1.0)
     fastest = min(supernet.count_macs(a) / 1e6 for a in space.enumerate())
     for method in ("exhaustive", "evolution"):
         out = S.search(
             space,
-            S.MacsProxy(space),
+            sources.MacsProxy(space),
             macs,
             [fastest * 0.9, fastest * 3],
             np.random.default_rng(0),
@@ -153,8 +155,8 @@ def test_infeasible_target_names_the_fastest() -> None:
 
 def test_evolution_reproducible_feasible_and_near_optimal() -> None:
     space = spaces.get("compofa", [128, 160, 192, 224])
-    macs = S.MacsLatency(1.0)
-    acc = S.MacsProxy(space)  # maximizing MACs under a MACs cap: the optimum is known exactly
+    macs = sources.MacsLatency(1.0)
+    acc = sources.MacsProxy(space)  # maximizing MACs under a MACs cap: the optimum is known exactly
     every = list(space.enumerate())
     all_macs = np.array([supernet.count_macs(a) / 1e6 for a in every])
     # the fastest member exactly (tight), and looser caps
@@ -180,7 +182,7 @@ def test_non_additive_source_is_memoized() -> None:
     src = SlowMacs()
     out = S.search(
         space,
-        S.MacsProxy(space),
+        sources.MacsProxy(space),
         src,
         [200.0],
         np.random.default_rng(0),
@@ -200,8 +202,8 @@ def test_targets_parsing_and_bad_method() -> None:
     with pytest.raises(SearchError, match="exhaustive"):
         S.search(
             space,
-            S.MacsProxy(space.with_resolutions([160])),
-            S.MacsLatency(),
+            sources.MacsProxy(space.with_resolutions([160])),
+            sources.MacsLatency(),
             [300.0],
             np.random.default_rng(0),
             method="exhaustive",
@@ -211,10 +213,10 @@ def test_targets_parsing_and_bad_method() -> None:
 def test_macs_proxy_score_is_macs() -> None:
     space = spaces.get("compofa", [160, 224])
     arr = S.Genome(space).sample(10, np.random.default_rng(5))
-    got = S.MacsProxy(space).score(arr)
+    got = sources.MacsProxy(space).score(arr)
     want = [supernet.count_macs(a) / 1e6 for a in _archs(arr, space)]
     np.testing.assert_allclose(got, want)
-    assert S.MacsProxy.is_proxy and "not an accuracy" in S.MacsProxy.label
+    assert sources.MacsProxy.is_proxy and "not an accuracy" in sources.MacsProxy.label
 
 
 def test_cached_score_counts_each_arch_once() -> None:
@@ -245,11 +247,13 @@ def test_keys_ignore_inactive_slots() -> None:
     ks[0, 3] = 7 if ks[0, 3] != 7 else 5  # slot 3 is inactive at depth 2
     b = ArchArrays(ks, np.array([x.e]), np.array([x.d]), np.array([160]))
     assert S.arch_keys(a, space.stage_sizes) == S.arch_keys(b, space.stage_sizes)
-    assert math.isfinite(S.MacsLatency().additive(space).evaluate(b)[0])
+    assert math.isfinite(sources.MacsLatency().additive(space).evaluate(b)[0])
 
 
 @pytest.mark.slow
 def test_measured_latency_is_memoized_in_the_store(tmp_path) -> None:
+    from compofa_bench.adapters import open_adapter
+    from compofa_bench.devices import load_device
     from compofa_bench.store import ResultStore
 
     space = spaces.get("compofa", [64])
@@ -258,18 +262,20 @@ def test_measured_latency_is_memoized_in_the_store(tmp_path) -> None:
     cfg = S.EvolutionConfig(population_size=4, generations=1)
 
     def run():
-        src = S.MeasuredLatency(
-            "cpu-ort-1t", store, space="compofa", show_progress=False, protocol_overrides=fast
-        )
-        return S.search(
-            space,
-            S.MacsProxy(space),
-            src,
-            [1000.0],
-            np.random.default_rng(0),
-            method="evolution",
-            config=cfg,
-        )
+        spec = load_device("cpu-ort-1t")
+        with open_adapter(spec) as adapter, ResultStore(store) as st:
+            cost = sources.MeasuredLatency(
+                spec, adapter, st, space="compofa", protocol_overrides=fast
+            )
+            return S.search(
+                space,
+                sources.MacsProxy(space),
+                cost,
+                [1000.0],
+                np.random.default_rng(0),
+                method="evolution",
+                config=cfg,
+            )
 
     first = run()
     with ResultStore(store) as st:
@@ -288,8 +294,8 @@ def test_avoid_repeats_option_stays_feasible() -> None:
     cfg = S.EvolutionConfig(population_size=20, generations=15, avoid_repeats=True)
     out = S.search(
         space,
-        S.MacsProxy(space),
-        S.MacsLatency(),
+        sources.MacsProxy(space),
+        sources.MacsLatency(),
         [120.0, 250.0],
         np.random.default_rng(3),
         method="evolution",
@@ -356,7 +362,7 @@ def _neighbours(arch: spaces.Arch, space: spaces.SearchSpace) -> list[spaces.Arc
 def test_local_search_ends_in_a_feasible_local_optimum(name: str) -> None:
     space = spaces.get(name, [160, 192, 224])
     pred = _random_predictor(space, 5)
-    pricer = S.Pricer(S.MacsLatency(1.0), space)
+    pricer = S.Pricer(sources.MacsLatency(1.0), space)
     limit = 260.0 if name == "ofa" else 220.0
     rng = np.random.default_rng(4)
     starts = S.Genome(space).sample(12, rng)
@@ -382,10 +388,10 @@ def test_local_search_ends_in_a_feasible_local_optimum(name: str) -> None:
 
 def test_local_search_refuses_infeasible_starts() -> None:
     space = spaces.get("compofa", [224])
-    pricer = S.Pricer(S.MacsLatency(1.0), space)
+    pricer = S.Pricer(sources.MacsLatency(1.0), space)
     big = ArchArrays.from_archs([space.largest(224)])
     with pytest.raises(SearchError):
-        S.local_search(space, S.MacsProxy(space).score, pricer, big, np.array([100.0]))
+        S.local_search(space, sources.MacsProxy(space).score, pricer, big, np.array([100.0]))
 
 
 @pytest.mark.parametrize(
@@ -399,8 +405,8 @@ def test_local_search_refuses_infeasible_starts() -> None:
 )
 def test_search_with_local_search_reproducible_and_not_worse(starts) -> None:
     space = spaces.get("ofa", [160, 192, 224])
-    acc = S.PredictorAccuracy(_random_predictor(space, 9))
-    macs = S.MacsLatency(1.0)
+    acc = sources.PredictorAccuracy(_random_predictor(space, 9))
+    macs = sources.MacsLatency(1.0)
     targets = [200.0, 300.0, 450.0]
     base = S.EvolutionConfig(population_size=30, generations=10, **starts)
 
@@ -428,11 +434,17 @@ def test_search_with_local_search_reproducible_and_not_worse(starts) -> None:
 
 def test_generations_default_to_a_short_evolution_only_before_a_local_search() -> None:
     space = spaces.get("compofa", [160, 192])
-    macs = S.MacsLatency(1.0)
+    macs = sources.MacsLatency(1.0)
 
     def run(cfg: S.EvolutionConfig) -> S.SearchOutcome:
         return S.search(
-            space, S.MacsProxy(space), macs, [250.0], np.random.default_rng(0), "evolution", cfg
+            space,
+            sources.MacsProxy(space),
+            macs,
+            [250.0],
+            np.random.default_rng(0),
+            "evolution",
+            cfg,
         )
 
     assert S.EvolutionConfig().generations is None
@@ -444,5 +456,6 @@ def test_generations_default_to_a_short_evolution_only_before_a_local_search() -
     # an explicit value stands, and exhaustive search has no evolution settings
     assert run(S.EvolutionConfig(population_size=8, generations=3)).config.generations == 3
     assert (
-        S.search(space, S.MacsProxy(space), macs, [250.0], np.random.default_rng(0)).config is None
+        S.search(space, sources.MacsProxy(space), macs, [250.0], np.random.default_rng(0)).config
+        is None
     )

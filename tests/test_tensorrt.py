@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
 from compofa_bench.adapters.tensorrt import (
     TRT_TO_TORCH_DTYPE,
@@ -25,7 +26,7 @@ from compofa_bench.adapters.tensorrt import (
     torch_dtype,
     write_atomic,
 )
-from compofa_bench.devices import load_device, open_adapter
+from compofa_bench.devices import load_device
 from compofa_bench.errors import DeviceError, ExportError, MissingDependencyError
 from compofa_bench.measure import Protocol
 

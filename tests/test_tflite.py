@@ -22,8 +22,9 @@ pytest.importorskip("ai_edge_litert")
 import torch
 
 from compofa_bench import spaces, supernet, tflite_convert
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
-from compofa_bench.devices import open_adapter, parse_device
+from compofa_bench.devices import parse_device
 from compofa_bench.errors import ExportError
 from compofa_bench.measure import Stats
 from compofa_bench.profile import arch_cache_key

@@ -118,7 +118,8 @@ def test_predictor_maps_unknown_resolutions_by_rank():
 
 
 def test_search_at_demo_resolutions_with_a_low_resolution_predictor(tmp_path):
-    from compofa_bench.export import SearchJob, SubnetSource, run_search_job
+    from compofa_bench.export import SubnetSource
+    from compofa_bench.jobs import SearchJob, run_search_job
 
     path = _tiny_predictor().save(tmp_path / "p.pt")
     job = SearchJob(

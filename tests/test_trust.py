@@ -23,9 +23,10 @@ import torch.nn as nn
 
 from compofa_bench import hostlock
 from compofa_bench import store as store_mod
+from compofa_bench.adapters import open_adapter
 from compofa_bench.adapters.base import Workload
 from compofa_bench.cli import main
-from compofa_bench.devices import DeviceSpec, open_adapter
+from compofa_bench.devices import DeviceSpec
 from compofa_bench.errors import LockBusyError
 from compofa_bench.measure import Protocol
 from compofa_bench.profile import Job, measure_workloads
@@ -98,7 +99,7 @@ def test_cpu_burner_on_the_measured_cpu_marks_rows_contended(tmp_path: Path) -> 
             time.sleep(0.3)
             with ResultStore(tmp_path / "r.db") as store:
                 s = measure_workloads(
-                    [job("a"), job("b", 16)], adapter, store, proto, show_progress=False,
+                    [job("a"), job("b", 16)], adapter, store, proto,
                     run=RunOptions(probe=False),
                 )  # fmt: skip
                 rows = store.rows()
@@ -142,7 +143,7 @@ PROFILE_SCRIPT = textwrap.dedent(
         return nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                              nn.Flatten(), nn.Linear(w, 4)).eval()
     with ResultStore(db) as store:
-        [s] = profile_archs(archs, [dev], store, space="compofa", show_progress=False,
+        [s] = profile_archs(archs, [dev], store, space="compofa",
                             build_module=tiny, run=RunOptions(accept_unstable=True))
     print(json.dumps(s.counts()))
     """
@@ -237,7 +238,7 @@ def test_rounds_are_interleaved_kept_and_combined(tmp_path: Path) -> None:
     adapter = open_adapter(spec(tmp_path))
     jobs = [job("a"), job("b", 16), job("c", 24)]
     with ResultStore(tmp_path / "r.db") as store:
-        s = measure_workloads(jobs, adapter, store, FAST, show_progress=False,
+        s = measure_workloads(jobs, adapter, store, FAST,
                               run=RunOptions(rounds=3, order_seed=5))  # fmt: skip
         rows = store.rows()
         rounds = store.round_rows(s.run_id)
@@ -404,7 +405,7 @@ def test_an_interrupted_multi_round_run_keeps_every_round(tmp_path: Path) -> Non
     adapter = open_adapter(spec(tmp_path))
     jobs = [counting("a", 8), counting("b", 16), counting("c", 24)]
     with ResultStore(tmp_path / "r.db") as store:
-        s = measure_workloads(jobs, adapter, store, FAST, show_progress=False, stop=stop,
+        s = measure_workloads(jobs, adapter, store, FAST, stop=stop,
                               run=RunOptions(rounds=2, probe=False))  # fmt: skip
         rows = store.rows()
         rounds = store.round_rows(s.run_id)

@@ -50,16 +50,10 @@ from compofa_bench.adapters.android_transport import (
     quote_command,
 )
 from compofa_bench.adapters.base import Adapter, Prepared, Timing, Workload
-from compofa_bench.adapters.tflite_local import _bool, _threads, _version, tflite_options
+from compofa_bench.adapters.options import parse_android_adb_options, physical_cores
+from compofa_bench.adapters.tflite_local import _version
 from compofa_bench.errors import DeviceError, MeasurementError
 from compofa_bench.measure import Protocol
-
-_KNOWN_OPTIONS = {
-    "serial", "benchmark_binary", "threads", "cpu_mask", "xnnpack", "gpu", "op_profiling",
-    "extra_args", "remote_dir", "key_path", "connect_timeout_s", "auth_timeout_s",
-    "command_timeout_s", "retries", "cooldown_below_c", "cooldown_zones", "cooldown_max_wait_s",
-    "cooldown_poll_s", "record_state", "parity_check", "cache_dir", "precision",
-}  # fmt: skip
 
 #: What a shell prints for a binary it cannot execute (wrong ABI, noexec mount, lost x bit);
 #: the shell then exits 126 (cannot execute) or 127 (not found).
@@ -82,15 +76,6 @@ def failures_dir() -> Path:
     return Path(base) / "compofa-bench" / "android-failures"
 
 
-def _number(spec: Any, opts: dict[str, Any], name: str, default: float | None) -> float | None:
-    value = opts.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise DeviceError(f"device {spec.name}: {name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
 class AndroidAdbAdapter(Adapter):
     kind: ClassVar[str] = "android-adb"
     native_timing: ClassVar[bool] = True
@@ -101,20 +86,10 @@ class AndroidAdbAdapter(Adapter):
 
     def __init__(self, spec: Any, connect: bool = True) -> None:
         super().__init__(spec)
-        opts = tflite_options(spec, _KNOWN_OPTIONS, self.kind)
-        serial = opts.get("serial")
-        if not isinstance(serial, str) or not serial.strip():
-            raise DeviceError(
-                f"device {spec.name}: option serial is required (host:port or a USB serial)"
-            )
-        self.serial = serial.strip()
-        binary = opts.get("benchmark_binary")
-        if not isinstance(binary, str) or not binary:
-            raise DeviceError(
-                f"device {spec.name}: option benchmark_binary is required: the path of TFLite's "
-                "benchmark_model for android_aarch64 (see docs/android.md)"
-            )
-        self.binary = Path(os.path.expanduser(binary))
+        opts = parse_android_adb_options(spec.options, spec.name)
+        self.options = opts
+        self.serial = opts.serial
+        self.binary = Path(opts.benchmark_binary)
         if spec.path is not None and not self.binary.is_absolute():
             self.binary = (Path(spec.path).parent / self.binary).resolve()
         if not self.binary.is_file():
@@ -124,56 +99,34 @@ class AndroidAdbAdapter(Adapter):
                 "(see docs/android.md)"
             )
         self.binary_sha256 = _sha256(self.binary)
-        self.threads = _threads(spec, opts, default=4)
-        mask = str(opts.get("cpu_mask", "") or "").lower().removeprefix("0x")
-        if mask and not re.fullmatch(r"[0-9a-f]+", mask):
-            raise DeviceError(f'device {spec.name}: cpu_mask must be hex like "f0", got {mask!r}')
-        self.cpu_mask = mask or None
-        self.xnnpack = _bool(spec, opts, "xnnpack", True)
-        self.gpu = _bool(spec, opts, "gpu", False)
-        self.op_profiling = _bool(spec, opts, "op_profiling", False)
-        self.record_state = _bool(spec, opts, "record_state", True)
-        self.parity_check = _bool(spec, opts, "parity_check", True)
-        extra = opts.get("extra_args", [])
-        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
-            raise DeviceError(f"device {spec.name}: extra_args must be a list of strings")
-        self.extra_args = list(extra)
-        remote = str(opts.get("remote_dir", "/data/local/tmp")).rstrip("/")
-        if not remote.startswith("/"):
-            raise DeviceError(f"device {spec.name}: remote_dir must be an absolute path")
-        self.remote_dir = remote
-        retries = opts.get("retries", 2)
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise DeviceError(f"device {spec.name}: retries must be an integer >= 0")
-        self.retries = retries
-        self.command_timeout_s = _number(spec, opts, "command_timeout_s", None)
-        below = _number(spec, opts, "cooldown_below_c", None)
+        self.threads = opts.threads or physical_cores()
+        self.cpu_mask = opts.cpu_mask
+        self.xnnpack = opts.xnnpack
+        self.gpu = opts.gpu
+        self.op_profiling = opts.op_profiling
+        self.record_state = opts.record_state
+        self.parity_check = opts.parity_check
+        self.extra_args = list(opts.extra_args)
+        self.remote_dir = opts.remote_dir
+        self.retries = opts.retries
+        self.command_timeout_s = opts.command_timeout_s
         self.cooldown = (
             probe.CooldownRule(
-                below_c=below,
-                zones=opts.get("cooldown_zones") or None,
-                max_wait_s=_number(spec, opts, "cooldown_max_wait_s", 300.0) or 0.0,
-                poll_s=_number(spec, opts, "cooldown_poll_s", 5.0) or 0.5,
+                below_c=opts.cooldown_below_c,
+                zones=opts.cooldown_zones,
+                max_wait_s=opts.cooldown_max_wait_s or 0.0,
+                poll_s=opts.cooldown_poll_s or 0.5,
             )
-            if below is not None
+            if opts.cooldown_below_c is not None
             else None
         )
-        if self.cooldown and self.cooldown.zones:
-            try:
-                re.compile(self.cooldown.zones)
-            except re.error as exc:
-                raise DeviceError(
-                    f"device {spec.name}: cooldown_zones is not a regex: {exc}"
-                ) from None
-        self.precision = str(opts.get("precision", "float32"))
-        cache = opts.get("cache_dir")
-        self.cache_dir = os.path.expanduser(str(cache)) if cache else None
-        key_path = opts.get("key_path")
+        self.precision = opts.precision
+        self.cache_dir = opts.cache_dir
         self.conn = AdbConnection(
             self.serial,
-            key_path=os.path.expanduser(str(key_path)) if key_path else None,
-            connect_timeout_s=_number(spec, opts, "connect_timeout_s", 10.0) or 10.0,
-            auth_timeout_s=_number(spec, opts, "auth_timeout_s", 30.0) or 30.0,
+            key_path=opts.key_path,
+            connect_timeout_s=opts.connect_timeout_s or 10.0,
+            auth_timeout_s=opts.auth_timeout_s or 30.0,
         )
         self.phone: dict[str, Any] = {}
         if connect:

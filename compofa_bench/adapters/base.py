@@ -11,7 +11,7 @@ To add a runtime:
 1. subclass :class:`Adapter` in ``compofa_bench/adapters/<name>.py``; import heavy
    packages inside methods and raise :class:`~compofa_bench.errors.MissingDependencyError`
    naming the extra when they are absent;
-2. add it to ``ADAPTERS`` in ``compofa_bench/adapters/__init__.py``;
+2. add it to ``ADAPTERS`` in ``compofa_bench/devices.py``;
 3. ship a device TOML in ``devices/`` with ``adapter = "<name>"``.
 
 Adapters with a native timing loop (TFLite's ``benchmark_model``, trtexec-like CUDA event
@@ -23,64 +23,16 @@ max-seconds rule once for everybody.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:
-    import torch.nn as nn
+from compofa_bench.measure import Timing, Workload
 
+if TYPE_CHECKING:
     from compofa_bench.devices import DeviceSpec
     from compofa_bench.measure import Protocol
 
-
-@dataclass(frozen=True)
-class Workload:
-    """What to measure.
-
-    ``module`` is a float32 PyTorch module in eval mode taking one NCHW tensor.
-    ``input_shape`` includes the batch dimension. ``cache_key`` identifies the workload
-    for artifact caches (arch key or layer key plus anything that changes the graph);
-    adapters add their own parts (precision, runtime version, ...).
-
-    A workload may instead be *lazy*: ``module=None`` and a ``module_factory``. Adapters that
-    set ``lazy_module = True`` call :meth:`get_module` only on an artifact-cache miss, so a
-    rerun with cached artifacts never builds the subnet; for every other adapter the profile
-    loop resolves the module before :meth:`Adapter.prepare`, so ``workload.module`` is set.
-    """
-
-    name: str
-    module: nn.Module | None
-    input_shape: tuple[int, ...]
-    cache_key: str
-    module_factory: Callable[[], nn.Module] | None = field(default=None, compare=False)
-
-    def get_module(self) -> nn.Module:
-        """The module, built (once) by ``module_factory`` when the workload is lazy."""
-        if self.module is None:
-            if self.module_factory is None:
-                raise ValueError(f"workload {self.name} has neither a module nor a factory")
-            # frozen for users, but a lazy workload fills its own cache exactly once
-            object.__setattr__(self, "module", self.module_factory())
-        assert self.module is not None
-        return self.module
-
-
-@dataclass
-class Timing:
-    """What one timed run of a prepared workload produced.
-
-    ``samples_ms`` holds one latency per timed run when the runtime exposes them. Native tools
-    that print only a summary (``benchmark_model``) leave it empty and fill ``summary_ms`` with
-    the keys they have (``count``, ``mean``, ``std``, ``min``, ``max``, ``first``...).
-    ``raw_output`` keeps a native tool's text so a parse can be redone later.
-    """
-
-    samples_ms: list[float]
-    warmup_ms: list[float] = field(default_factory=list)
-    summary_ms: dict[str, float] = field(default_factory=dict)
-    raw_output: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Adapter", "Prepared", "Timing", "Workload"]
 
 
 @dataclass
@@ -117,7 +69,7 @@ class Adapter(abc.ABC):
     def check_options(cls, spec: DeviceSpec) -> None:
         """Raise :class:`DeviceError` for a bad ``[options]`` table without opening the runtime
         or the hardware. ``devices show`` and ``profile`` both call it (through
-        :func:`compofa_bench.devices.check_device`), so they accept and refuse the same files."""
+        :func:`compofa_bench.adapters.check_device`), so they accept and refuse the same files."""
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compofa_bench.adapters.options import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+)
 from compofa_bench.errors import DeviceError
 
 PRECISIONS_TORCH = ("fp32", "fp16", "bf16")
@@ -83,33 +90,7 @@ class TensorRTOptions:
 
 
 # --------------------------------------------------------------------------- parsing helpers
-def _bool(device: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise DeviceError(f"device {device}: option {key} must be true or false, got {value!r}")
-    return value
-
-
-def _int(device: str, key: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise DeviceError(f"device {device}: option {key} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise DeviceError(f"device {device}: option {key} must be {rng}, got {value}")
-    return value
-
-
-def _float(device: str, key: str, value: Any, lo: float = 0.0) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < lo:
-        raise DeviceError(f"device {device}: option {key} must be a number >= {lo}, got {value!r}")
-    return float(value)
-
-
-def _choice(device: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise DeviceError(
-            f"device {device}: option {key} must be one of {', '.join(choices)}; got {value!r}"
-        )
-    return str(value)
+# (the validators are the ones every adapter's options share: compofa_bench.adapters.options)
 
 
 def _telemetry(device: str, value: Any) -> str:
@@ -118,7 +99,7 @@ def _telemetry(device: str, value: Any) -> str:
         return "on"
     if value is False:
         return "off"
-    return _choice(device, "telemetry", value, TELEMETRY_MODES)
+    return check_choice(device, "telemetry", value, TELEMETRY_MODES)
 
 
 def _compile_mode(device: str, value: Any) -> str | None:
@@ -126,25 +107,16 @@ def _compile_mode(device: str, value: Any) -> str | None:
         return None
     if value is True:
         return "default"
-    return _choice(device, "compile", value, COMPILE_MODES)
-
-
-def _check_keys(device: str, options: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise DeviceError(
-            f"device {device}: unknown option(s) {', '.join(unknown)}; "
-            f"valid options: {', '.join(sorted(allowed))}"
-        )
+    return check_choice(device, "compile", value, COMPILE_MODES)
 
 
 def _drift(device: str, options: Mapping[str, Any]) -> DriftThresholds:
     base = DriftThresholds()
     return DriftThresholds(
-        max_clock_change=_float(
+        max_clock_change=check_float(
             device, "max_clock_change", options.get("max_clock_change", base.max_clock_change)
         ),
-        max_temp_change_c=_float(
+        max_temp_change_c=check_float(
             device, "max_temp_change_c", options.get("max_temp_change_c", base.max_temp_change_c)
         ),
     )
@@ -159,26 +131,30 @@ def parse_cuda_torch_options(
     """Validate a ``cuda-torch`` device's ``[options]`` table; :class:`DeviceError` on any
     unknown key, wrong type or contradictory combination."""
     fields = {f.name for f in dataclasses.fields(CudaTorchOptions)} - {"compile_mode", "drift"}
-    _check_keys(device, options, fields | {"compile"} | _DRIFT_KEYS)
+    check_keys(device, options, fields | {"compile"} | _DRIFT_KEYS)
     d = CudaTorchOptions()
     opts = CudaTorchOptions(
-        device_index=_int(device, "device_index", options.get("device_index", d.device_index), 0),
-        precision=_choice(
+        device_index=check_int(
+            device, "device_index", options.get("device_index", d.device_index), 0
+        ),
+        precision=check_choice(
             device, "precision", options.get("precision", d.precision), PRECISIONS_TORCH
         ),
-        channels_last=_bool(device, "channels_last", options.get("channels_last", d.channels_last)),
-        cudnn_benchmark=_bool(
+        channels_last=check_bool(
+            device, "channels_last", options.get("channels_last", d.channels_last)
+        ),
+        cudnn_benchmark=check_bool(
             device, "cudnn_benchmark", options.get("cudnn_benchmark", d.cudnn_benchmark)
         ),
-        tf32=_bool(device, "tf32", options.get("tf32", d.tf32)),
-        cuda_graph=_bool(device, "cuda_graph", options.get("cuda_graph", d.cuda_graph)),
+        tf32=check_bool(device, "tf32", options.get("tf32", d.tf32)),
+        cuda_graph=check_bool(device, "cuda_graph", options.get("cuda_graph", d.cuda_graph)),
         compile_mode=_compile_mode(device, options.get("compile", None)),
-        include_transfers=_bool(
+        include_transfers=check_bool(
             device, "include_transfers", options.get("include_transfers", d.include_transfers)
         ),
         telemetry=_telemetry(device, options.get("telemetry", d.telemetry)),
         drift=_drift(device, options),
-        oom_search=_bool(device, "oom_search", options.get("oom_search", d.oom_search)),
+        oom_search=check_bool(device, "oom_search", options.get("oom_search", d.oom_search)),
     )
     if opts.cuda_graph and opts.compile_mode is not None:
         # A manual capture around a compiled module breaks on any graph break or recompile;
@@ -195,22 +171,24 @@ def parse_cuda_torch_options(
 def parse_tensorrt_options(options: Mapping[str, Any], device: str = "tensorrt") -> TensorRTOptions:
     """Validate a ``tensorrt`` device's ``[options]`` table."""
     fields = {f.name for f in dataclasses.fields(TensorRTOptions)} - {"drift"}
-    _check_keys(device, options, fields | _DRIFT_KEYS)
+    check_keys(device, options, fields | _DRIFT_KEYS)
     d = TensorRTOptions()
     cache_dir = options.get("cache_dir")
     if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
         raise DeviceError(f"device {device}: option cache_dir must be a path string")
     atol = options.get("parity_atol")
     opts = TensorRTOptions(
-        device_index=_int(device, "device_index", options.get("device_index", d.device_index), 0),
-        precision=_choice(
+        device_index=check_int(
+            device, "device_index", options.get("device_index", d.device_index), 0
+        ),
+        precision=check_choice(
             device, "precision", options.get("precision", d.precision), PRECISIONS_TENSORRT
         ),
-        tf32=_bool(device, "tf32", options.get("tf32", d.tf32)),
-        workspace_mib=_int(
+        tf32=check_bool(device, "tf32", options.get("tf32", d.tf32)),
+        workspace_mib=check_int(
             device, "workspace_mib", options.get("workspace_mib", d.workspace_mib), 16
         ),
-        optimization_level=_int(
+        optimization_level=check_int(
             device,
             "optimization_level",
             options.get("optimization_level", d.optimization_level),
@@ -218,13 +196,15 @@ def parse_tensorrt_options(options: Mapping[str, Any], device: str = "tensorrt")
             5,
         ),
         cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
-        include_transfers=_bool(
+        include_transfers=check_bool(
             device, "include_transfers", options.get("include_transfers", d.include_transfers)
         ),
         telemetry=_telemetry(device, options.get("telemetry", d.telemetry)),
         drift=_drift(device, options),
-        parity_check=_bool(device, "parity_check", options.get("parity_check", d.parity_check)),
-        parity_atol=None if atol is None else _float(device, "parity_atol", atol),
+        parity_check=check_bool(
+            device, "parity_check", options.get("parity_check", d.parity_check)
+        ),
+        parity_atol=None if atol is None else check_float(device, "parity_atol", atol),
     )
     if opts.tf32 and opts.precision != "fp32":
         raise DeviceError(f"device {device}: tf32 only applies to precision fp32")

@@ -30,8 +30,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compofa_bench.adapters.base import Adapter, Prepared, Timing, Workload
-from compofa_bench.convert import DEFAULT_OPSET, cached_onnx
-from compofa_bench.errors import DeviceError, MeasurementError, MissingDependencyError
+from compofa_bench.adapters.options import parse_ort_cpu_options, physical_cores
+from compofa_bench.convert import cached_onnx
+from compofa_bench.errors import MeasurementError, MissingDependencyError
 from compofa_bench.measure import Protocol, timed_loop
 
 _OPT_LEVELS = {
@@ -40,10 +41,6 @@ _OPT_LEVELS = {
     "basic": "ORT_ENABLE_BASIC",
     "disable": "ORT_DISABLE_ALL",
 }
-_KNOWN_OPTIONS = {
-    "threads", "inter_op_threads", "graph_optimization", "affinity", "spinning",
-    "parity_check", "cache_dir", "opset", "timer",
-}  # fmt: skip
 
 
 def _import_ort() -> Any:
@@ -59,62 +56,25 @@ class OrtCpuAdapter(Adapter):
     native_timing: ClassVar[bool] = False
     lazy_module: ClassVar[bool] = True
 
+    @classmethod
+    def check_options(cls, spec: Any) -> None:
+        parse_ort_cpu_options(spec.options, spec.name)
+
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         self._ort = _import_ort()
-        self._read_options(spec)
+        opts = parse_ort_cpu_options(spec.options, spec.name)
+        self.options = opts
+        self.threads = opts.threads or physical_cores()
+        self.inter_op_threads = opts.inter_op_threads
+        self.graph_optimization = opts.graph_optimization
+        self.affinity = list(opts.affinity)
+        self.spinning = opts.spinning
+        self.parity_check = opts.parity_check
+        self.cache_dir = opts.cache_dir
+        self.opset = opts.opset
+        self.timer = opts.timer
         self._saved_affinity: set[int] | None = None
-
-    @classmethod
-    def check_options(cls, spec: Any) -> None:
-        cls.__new__(cls)._read_options(spec)
-
-    def _read_options(self, spec: Any) -> None:
-        opts = dict(spec.options)
-        unknown = sorted(set(opts) - _KNOWN_OPTIONS)
-        if unknown:
-            raise DeviceError(
-                f"device {spec.name}: unknown cpu-ort option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_KNOWN_OPTIONS))}"
-            )
-        threads = opts.get("threads", 0)
-        if not isinstance(threads, int) or threads < 0:
-            raise DeviceError(f"device {spec.name}: threads must be an integer >= 0")
-        if threads == 0:
-            import psutil
-
-            threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        self.threads = int(threads)
-        self.inter_op_threads = int(opts.get("inter_op_threads", 1))
-        level = str(opts.get("graph_optimization", "all"))
-        if level not in _OPT_LEVELS:
-            raise DeviceError(
-                f"device {spec.name}: graph_optimization must be one of {', '.join(_OPT_LEVELS)}"
-            )
-        self.graph_optimization = level
-        affinity = opts.get("affinity") or []
-        if not isinstance(affinity, list) or not all(isinstance(c, int) for c in affinity):
-            raise DeviceError(f"device {spec.name}: affinity must be a list of CPU ids")
-        if affinity and not hasattr(os, "sched_setaffinity"):
-            raise DeviceError(f"device {spec.name}: CPU affinity is not supported on this OS")
-        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if affinity and not set(affinity) <= set(available):
-            raise DeviceError(
-                f"device {spec.name}: affinity {affinity} names CPUs outside {available}"
-            )
-        self.affinity = sorted(affinity)
-        self.spinning = bool(opts.get("spinning", True))
-        self.parity_check = bool(opts.get("parity_check", True))
-        self.cache_dir = opts.get("cache_dir")
-        self.opset = int(opts.get("opset", DEFAULT_OPSET))
-        self.timer = str(opts.get("timer", "wall"))
-        if self.timer not in ("wall", "thread_cpu"):
-            raise DeviceError(f"device {spec.name}: timer must be 'wall' or 'thread_cpu'")
-        if self.timer == "thread_cpu" and self.threads != 1:
-            raise DeviceError(
-                f"device {spec.name}: timer = 'thread_cpu' needs threads = 1 (with a thread "
-                "pool the calling thread's CPU time misses the other threads' work)"
-            )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,6 @@ Options (``[options]`` of a device file):
 
 from __future__ import annotations
 
-import os
 import time
 from importlib import metadata
 from typing import Any, ClassVar
@@ -27,41 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compofa_bench.adapters.base import Adapter, Prepared, Timing, Workload
-from compofa_bench.errors import DeviceError, MeasurementError
+from compofa_bench.adapters.options import parse_tflite_local_options, physical_cores
+from compofa_bench.errors import MeasurementError
 from compofa_bench.measure import Protocol, timed_loop
-
-_KNOWN_OPTIONS = {"threads", "xnnpack", "parity_check", "cache_dir", "precision"}
-
-
-def tflite_options(spec: Any, known: set[str], kind: str) -> dict[str, Any]:
-    """Validate the option table shared by the TFLite adapters; unknown keys are errors so a
-    typo never silently measures something else."""
-    opts = dict(spec.options)
-    unknown = sorted(set(opts) - known)
-    if unknown:
-        raise DeviceError(
-            f"device {spec.name}: unknown {kind} option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    return opts
-
-
-def _bool(spec: Any, opts: dict[str, Any], name: str, default: bool) -> bool:
-    value = opts.get(name, default)
-    if not isinstance(value, bool):
-        raise DeviceError(f"device {spec.name}: option {name} must be true or false, got {value!r}")
-    return value
-
-
-def _threads(spec: Any, opts: dict[str, Any], default: int = 1) -> int:
-    threads = opts.get("threads", default)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise DeviceError(f"device {spec.name}: threads must be an integer >= 0, got {threads!r}")
-    if threads == 0:
-        import psutil
-
-        threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    return int(threads)
 
 
 class TfliteLocalAdapter(Adapter):
@@ -70,24 +37,19 @@ class TfliteLocalAdapter(Adapter):
 
     @classmethod
     def check_options(cls, spec: Any) -> None:
-        opts = tflite_options(spec, _KNOWN_OPTIONS, cls.kind)
-        _threads(spec, opts)
+        parse_tflite_local_options(spec.options, spec.name)
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         from compofa_bench import tflite_convert
 
-        opts = tflite_options(spec, _KNOWN_OPTIONS, self.kind)
-        self.threads = _threads(spec, opts)
-        self.xnnpack = _bool(spec, opts, "xnnpack", True)
-        self.parity_check = _bool(spec, opts, "parity_check", True)
-        self.precision = str(opts.get("precision", "float32"))
-        if self.precision not in tflite_convert.PRECISIONS:
-            raise DeviceError(
-                f"device {spec.name}: precision must be one of {', '.join(tflite_convert.PRECISIONS)}"
-            )
-        cache = opts.get("cache_dir")
-        self.cache_dir = os.path.expanduser(str(cache)) if cache else None
+        opts = parse_tflite_local_options(spec.options, spec.name)
+        self.options = opts
+        self.threads = opts.threads or physical_cores()
+        self.xnnpack = opts.xnnpack
+        self.parity_check = opts.parity_check
+        self.precision = opts.precision
+        self.cache_dir = opts.cache_dir
         # Fail at open time, not on the first workload, when the runtime is missing.
         tflite_convert._interpreter_cls()
 

@@ -11,6 +11,7 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 
 from compofa_bench.errors import ArchError, CompofaError
+from compofa_bench.netspec import NetSpec
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -105,3 +106,32 @@ def report_failures(failed: list[tuple[str, str]], total: int, what: str = "item
     for error, n in groups.most_common():
         print(f"  {n} x {' '.join(error.split())} (e.g. {first[error]})", file=sys.stderr)
     return 1 if len(failed) >= total else 3
+
+
+# ------------------------------------------------------------------ argument groups shared by
+# the commands, so that a flag means the same thing (and has the same default) everywhere
+
+
+def add_net_args(p: Any, checkpoint: str | None = None) -> None:
+    """``--width-mult`` and ``--n-classes`` (and ``--checkpoint`` when given its help): the
+    supernet a subnet is cut from (see :func:`net_spec`)."""
+    p.add_argument("--width-mult", type=float, default=1.0, help="supernet width (default 1.0)")
+    p.add_argument("--n-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    if checkpoint is not None:
+        p.add_argument("--checkpoint", metavar="C", default=None, help=checkpoint)
+
+
+def net_spec(args: argparse.Namespace, base: str) -> NetSpec:
+    """The :class:`~compofa_bench.netspec.NetSpec` the flags of :func:`add_net_args` name."""
+    return NetSpec(base, args.width_mult, args.n_classes, getattr(args, "checkpoint", None))
+
+
+def add_store_arg(p: Any) -> None:
+    p.add_argument("--store", default="results.db", help="results store (default: results.db)")
+
+
+def add_output_args(p: Any, json_help: str = "print JSON", progress: bool = False) -> None:
+    """``--json`` (machine output, no rich) and, for long commands, ``--no-progress``."""
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help=json_help)

@@ -7,6 +7,7 @@ import argparse
 from rich.table import Table
 
 from compofa_bench.cli.common import console, print_json, resolutions_arg
+from compofa_bench.cli.progress import progress_display
 from compofa_bench.cli.search import add_verdict_args
 from compofa_bench.cli.timing_args import add_run_args
 
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from compofa_bench.cli.profile import print_summary
     from compofa_bench.cli.search import print_search
-    from compofa_bench.demo import DemoConfig, run_demo
+    from compofa_bench.jobs import DemoConfig, run_demo
     from compofa_bench.search import parse_targets
 
     cfg = DemoConfig(
@@ -128,7 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.json:
             out.rule(f"[bold]{msg}")
 
-    result = run_demo(cfg, step=step, show_progress=not args.json)
+    with progress_display(not args.json) as progress:
+        result = run_demo(cfg, step=step, progress=progress)
     rc = exit_status(result.search, args.fail_on_miss)
     if args.json:
         print_json(

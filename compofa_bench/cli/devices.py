@@ -57,7 +57,8 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_show(args: argparse.Namespace) -> int:
-    from compofa_bench.devices import check_device, load_device, open_adapter
+    from compofa_bench.adapters import check_device, open_adapter
+    from compofa_bench.devices import load_device
     from compofa_bench.fingerprint import fingerprint
 
     spec = check_device(load_device(args.device))  # the same check profile makes

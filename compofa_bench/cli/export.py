@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from compofa_bench.cli.common import console, help_formatter, print_json, read_json
+from compofa_bench.cli.common import (
+    add_net_args,
+    add_output_args,
+    add_store_arg,
+    console,
+    help_formatter,
+    print_json,
+    read_json,
+)
 
 DESCRIPTION = """\
 Extract a subnet from a supernet checkpoint and export it, with a numerical parity check
@@ -36,15 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--space", default="ofa", help="space to validate the arch against")
     p.add_argument("--resolution", type=int, help="resolution when ARCH.json has none")
-    p.add_argument("--checkpoint", metavar="C", help="supernet weights (OFA, CompOFA or ours)")
-    p.add_argument("--width-mult", type=float, default=1.0)
-    p.add_argument("--n-classes", type=int, default=1000)
+    add_net_args(p, checkpoint="supernet weights (OFA, CompOFA or ours)")
     p.add_argument("--calib-data", metavar="DATA", help="recalibrate BN on these images")
     p.add_argument("--calib-images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=1, help="batch of the exported input")
     p.add_argument("--device", metavar="D", help="also measure the subnet on this device")
-    p.add_argument("--store", default="results.db")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_store_arg(p)
+    add_output_args(p)
     p.add_argument(
         "--force", action="store_true", help="export a batch the memory estimate refuses"
     )
@@ -53,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from compofa_bench import export as X
+    from compofa_bench import jobs as J
     from compofa_bench import memory, spaces
 
     space = spaces.get(args.space)
@@ -79,7 +86,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     res = X.export_arch(arch, args.format, args.out, source, builder, args.batch_size)
     if args.device:
         module, _ = builder.extract(arch)
-        res.measured = X.measure_artifact(module, arch, args.device, args.store, source)
+        res.measured = J.measure_exported(module, arch, args.device, args.store, source)
     info = {"key": arch.key(), "arch": arch.to_ofa(), **res.to_dict()}
     if args.json:
         print_json(info)

@@ -500,7 +500,9 @@ def _bias_view(bias: dict) -> Table:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from compofa_bench.devices import check_device, load_device
+    from compofa_bench.adapters import check_device
+    from compofa_bench.cli.progress import progress_display
+    from compofa_bench.devices import load_device
     from compofa_bench.lut.build import build_table
     from compofa_bench.lut.methods import BuildMethod
 
@@ -508,18 +510,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     spaces.check_width(space, args.width_mult)
     check_device(load_device(args.device))  # before the store: the same check as profile's
     method = BuildMethod(args.method, copies=args.copies, n_fit=args.fit_archs, seed=args.seed)
-    table, summary = build_table(
-        device=args.device,
-        space=space,
-        width_mult=args.width_mult,
-        n_classes=args.n_classes,
-        batch_size=args.batch_size,
-        store_path=args.store,
-        out=Path(args.out),
-        protocol_overrides=protocol_overrides(args),
-        method=method,
-        run=run_options(args),
-    )
+    with progress_display() as progress:
+        table, summary = build_table(
+            device=args.device,
+            space=space,
+            width_mult=args.width_mult,
+            n_classes=args.n_classes,
+            batch_size=args.batch_size,
+            store_path=args.store,
+            out=Path(args.out),
+            protocol_overrides=protocol_overrides(args),
+            method=method,
+            run=run_options(args),
+            progress=progress,
+        )
     if args.json:
         print_json(summary)
         return 0
@@ -534,22 +538,25 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from compofa_bench.cli.progress import progress_display
     from compofa_bench.lut.validate import validate_table
 
-    report = validate_table(
-        lut_path=Path(args.lut),
-        device=args.device,
-        space_name=args.space,
-        n_sample=args.sample,
-        n_calibrate=args.calibrate,
-        seed=args.seed,
-        store_path=args.store,
-        plot=args.plot,
-        resolutions=args.resolutions,
-        out=args.out,
-        strict=args.strict,
-        run=run_options(args),
-    )
+    with progress_display() as progress:
+        report = validate_table(
+            lut_path=Path(args.lut),
+            device=args.device,
+            space_name=args.space,
+            n_sample=args.sample,
+            n_calibrate=args.calibrate,
+            seed=args.seed,
+            store_path=args.store,
+            plot=args.plot,
+            resolutions=args.resolutions,
+            out=args.out,
+            strict=args.strict,
+            run=run_options(args),
+            progress=progress,
+        )
     warn(report["warnings"])
     if args.json:
         print_json(report)

@@ -79,18 +79,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         pred = P.train_predictor(data, cfg)
     else:
-        from compofa_bench.profile import make_progress
+        from compofa_bench.cli.progress import progress_display
+        from compofa_bench.progress import ProgressEvent
 
-        with make_progress() as bar:
-            task = bar.add_task("train predictor", total=cfg.max_epochs, current="")
-
-            def progress(epoch: int, tr: float, val: float) -> None:
-                bar.update(
-                    task, completed=epoch, current=f"train RMSE {tr:.4f}  held-out RMSE {val:.4f}"
-                )
-
+        with progress_display() as progress:
+            assert progress is not None
             pred = P.train_predictor(data, cfg, progress)
-            bar.update(task, total=pred.info["epochs_run"], completed=pred.info["epochs_run"])
+            n = pred.info["epochs_run"]  # early stopping: the bar ends full
+            progress(ProgressEvent("train predictor", n, n, "done", finished=True))
     path = pred.save(args.out)
     info = {"path": str(path), **pred.info, "encoder": pred.encoder.to_dict()}
     if args.json:

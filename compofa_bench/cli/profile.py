@@ -6,7 +6,15 @@ import argparse
 
 from rich.table import Table
 
-from compofa_bench.cli.common import console, help_formatter, print_json
+from compofa_bench.cli.common import (
+    add_net_args,
+    add_output_args,
+    add_store_arg,
+    console,
+    help_formatter,
+    net_spec,
+    print_json,
+)
 from compofa_bench.cli.timing_args import add_run_args, run_options
 
 EXAMPLES = """\
@@ -63,14 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=int, default=None, help="batch size (default: the device's)"
     )
-    p.add_argument("--store", default="results.db", help="results store (default: results.db)")
-    p.add_argument("--width-mult", type=float, default=1.0, help="supernet width (default 1.0)")
-    p.add_argument("--n-classes", type=int, default=1000, help="classifier outputs (default 1000)")
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="supernet weights (optional: latency does not depend on weights)",
-    )
+    add_store_arg(p)
+    add_net_args(p, checkpoint="supernet weights (optional: latency does not depend on weights)")
     add_protocol_args(p)
     add_run_args(p)
     p.add_argument(
@@ -78,8 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure again even if already stored, and run a batch the memory estimate refuses",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_output_args(p, "print a JSON summary", progress=True)
     p.set_defaults(func=cmd_profile)
 
 
@@ -122,8 +123,10 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from compofa_bench import memory
+    from compofa_bench.adapters import check_device, open_adapter
     from compofa_bench.cli.common import report_failures
-    from compofa_bench.devices import check_device, load_device, open_adapter
+    from compofa_bench.cli.progress import progress_display
+    from compofa_bench.devices import load_device
     from compofa_bench.profile import SubnetFactory, profile_archs, select_archs
     from compofa_bench.spaces import check_width, parse_resolutions
     from compofa_bench.spaces import get as get_space
@@ -157,26 +160,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
         memory.available_bytes(),
         force=args.force,
     )
-    factory = SubnetFactory(space.base, args.width_mult, args.n_classes, args.checkpoint)
+    factory = SubnetFactory(net_spec(args, space.base))
     if args.checkpoint is not None:
         factory.load()  # reads and fits the checkpoint now, not after the store exists
     adapters = []
     try:
         for s in specs:
             adapters.append(open_adapter(s))
-        with ResultStore(args.store) as store:
+        show = not args.no_progress and not args.json
+        with ResultStore(args.store) as store, progress_display(show) as progress:
             summaries = profile_archs(
                 archs,
                 specs,
                 store,
                 space=args.space,
-                base=space.base,
-                width_mult=args.width_mult,
-                n_classes=args.n_classes,
-                checkpoint=args.checkpoint,
+                net=net_spec(args, get_space(args.space).base),
                 protocol_overrides=overrides,
                 skip_done=not args.force,
-                show_progress=not args.no_progress and not args.json,
+                progress=progress,
                 build_module=factory,
                 adapters=adapters,
                 run=run,

@@ -490,6 +490,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    from compofa_bench.cli.progress import progress_display
     from compofa_bench.devices import load_device
     from compofa_bench.retry import group_rows, retry_group, unstable_rows
     from compofa_bench.store import ResultStore
@@ -510,14 +511,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
     report: list[dict[str, Any]] = []
     out = console()
     if not args.dry_run and any(g.skipped is None for g in groups):
-        with ResultStore(args.store) as store:
+        show = not args.no_progress and not args.json
+        with ResultStore(args.store) as store, progress_display(show) as progress:
             for g in groups:
                 if g.skipped is not None:
                     continue
                 s = retry_group(
                     g, specs[g.device], store, protocol_overrides=overrides,
-                    any_fingerprint=args.any_fingerprint,
-                    show_progress=not args.no_progress and not args.json,
+                    any_fingerprint=args.any_fingerprint, progress=progress,
                 )  # fmt: skip
                 d = s.to_dict()
                 report.append({"device": g.device, "retried": len(g.rows),

@@ -8,6 +8,9 @@ from rich.table import Table
 
 from compofa_bench import spaces
 from compofa_bench.cli.common import (
+    add_net_args,
+    add_output_args,
+    add_store_arg,
     console,
     help_formatter,
     key_column,
@@ -15,6 +18,7 @@ from compofa_bench.cli.common import (
     print_table,
     resolutions_arg,
 )
+from compofa_bench.cli.progress import progress_display
 from compofa_bench.cli.timing_args import add_run_args
 
 DESCRIPTION = """\
@@ -63,8 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="resolutions to search, e.g. 160,176,192,208,224 (default: the space's, "
         "limited to those the table and predictor know)",
     )
-    p.add_argument("--width-mult", type=float, default=1.0, help="supernet width (default 1.0)")
-    p.add_argument("--n-classes", type=int, default=1000)
+    add_net_args(p)
     c = p.add_argument_group("constraint (choose one)")
     c.add_argument("--latency", metavar="MS,..", help="latency targets in ms, e.g. 15,20,25,30")
     c.add_argument("--macs", metavar="MMACS,..", help="MACs targets in millions (no latency)")
@@ -112,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="recalibrate BN on these training images (fashion-mnist or an ImageFolder root)",
     )
     e.add_argument("--device", metavar="D", help="measure each exported winner on this device")
-    e.add_argument("--store", default="results.db", help="results store (default: results.db)")
+    add_store_arg(e)
     e.add_argument(
         "--strict",
         action="store_true",
@@ -122,13 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_verdict_args(e)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object per target (target_ms, arch, predicted_accuracy, "
+    add_output_args(
+        p,
+        "print one JSON object per target (target_ms, arch, predicted_accuracy, "
         "predicted_latency_ms, search_seconds, ...)",
+        progress=True,
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_run_args(p, default_rounds=3)
     p.set_defaults(func=cmd_search)
 
@@ -157,6 +159,7 @@ def exit_status(doc: dict, fail_on_miss: bool) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from compofa_bench import export as X
+    from compofa_bench import jobs as J
     from compofa_bench import search as S
     from compofa_bench.errors import SearchError
 
@@ -166,6 +169,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SearchError("--latency needs --lut TABLE.json or --measure-latency --device D")
     if args.macs is not None and (args.lut or args.measure_latency):
         raise SearchError("--macs is its own constraint: drop --lut/--measure-latency")
+    if args.lut and args.measure_latency:
+        raise SearchError("give exactly one constraint source: --lut, --macs or --measure-latency")
+    if args.measure_latency and not args.device:
+        raise SearchError("--measure-latency needs --device")
+    if (args.predictor is None) == (args.accuracy_proxy is None):
+        raise SearchError(
+            "give exactly one accuracy source: --predictor P or --accuracy-proxy macs"
+        )
     targets = S.parse_targets(args.latency if args.latency is not None else args.macs)
     space = spaces.get(args.space)
     spaces.check_width(space, args.width_mult)
@@ -174,7 +185,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from compofa_bench.cli.timing_args import run_options
     from compofa_bench.verdict import check_tolerance
 
-    job = X.SearchJob(
+    job = J.SearchJob(
         space=args.space,
         targets=tuple(targets),
         out_dir=args.out,
@@ -207,25 +218,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         # Read and fit the weights now: the search would otherwise run first and fail at export.
         X.SubnetBuilder(job.source).supernet()
-    if args.no_progress or args.json:
-        doc = X.run_search_job(job)
-    else:
-        from compofa_bench.profile import make_progress
-
-        with make_progress() as bar:
-            tasks: dict[str, int] = {}  # created on first use: exhaustive search shows none
-
-            def progress(done: int, total: int) -> None:
-                if "evolution" not in tasks:
-                    tasks["evolution"] = bar.add_task("evolution", total=total, current="")
-                bar.update(tasks["evolution"], completed=done, current=f"generation {done}")
-
-            def on_export(item: dict) -> None:
-                if "export" not in tasks:
-                    tasks["export"] = bar.add_task("export", total=len(targets), current="")
-                bar.update(tasks["export"], advance=1, current=item["key"])
-
-            doc = X.run_search_job(job, progress=progress, on_export=on_export)
+    # bars appear on first use: an exhaustive search shows none
+    with progress_display(not (args.no_progress or args.json)) as progress:
+        doc = J.run_search_job(job, progress=progress)
     if args.json:
         print_json(doc["targets"])
         return exit_status(doc, args.fail_on_miss)

@@ -138,8 +138,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_on_device=args.data_on_device,
         quiet=args.quiet or args.json,
     )
+    from compofa_bench.cli.progress import progress_display
+
+    # under torchrun only rank 0 draws (the trainer reports on rank 0 only anyway)
+    show = not config.quiet and int(os.environ.get("RANK", "0")) == 0
     try:
-        result = train(recipe, config, resume=args.resume)
+        with progress_display(show) as progress:
+            result = train(recipe, config, resume=args.resume, progress=progress)
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 143

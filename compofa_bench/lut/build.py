@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from compofa_bench.adapters.base import Adapter
     from compofa_bench.devices import DeviceSpec
     from compofa_bench.profile import Job
+    from compofa_bench.progress import ProgressFn
     from compofa_bench.store import ResultStore
 
 #: ``kind`` of layer measurements in the results store.
@@ -108,7 +109,7 @@ def build_table(
     batch_size: int | None = None,
     store_path: str | Path = "results.db",
     out: str | Path | None = None,
-    show_progress: bool = True,
+    progress: ProgressFn | None = None,
     adapter: Adapter | None = None,
     protocol_overrides: Mapping[str, Any] | None = None,
     method: BuildMethod | str | None = None,
@@ -128,7 +129,8 @@ def build_table(
     latencies; ``fit_archs`` replaces the archs the ``learned`` method measures end to end
     (with the device's own protocol, as ``lut validate`` measures networks). ``run``: rounds,
     waiting and locking (:class:`~compofa_bench.timing_run.RunOptions`)."""
-    from compofa_bench.devices import DeviceSpec, load_device, open_adapter
+    from compofa_bench.adapters import open_adapter
+    from compofa_bench.devices import DeviceSpec, load_device
     from compofa_bench.profile import device_fingerprint, measure_workloads
     from compofa_bench.store import ResultStore
 
@@ -152,7 +154,7 @@ def build_table(
     try:
         with ResultStore(store_path) as store:
             run = measure_workloads(
-                jobs, adp, store, protocol, device_name=spec.name, show_progress=show_progress,
+                jobs, adp, store, protocol, device_name=spec.name, progress=progress,
                 run=options,
             )  # fmt: skip
             measured = stored_layer_stats(store, run.fingerprint_hash, run.protocol_hash)
@@ -163,7 +165,7 @@ def build_table(
             fit_ms, fit_cost = measure_archs(
                 plan.fit_archs, spec, store_path, space=space.name, base=space.base,
                 width_mult=width_mult, n_classes=n_classes, batch_size=protocol.batch_size,
-                adapter=adp, show_progress=show_progress, run=options,
+                adapter=adp, progress=progress, run=options,
             )  # fmt: skip
         fingerprint = device_fingerprint(adp, protocol)
         described = adp.describe()

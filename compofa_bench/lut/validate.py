@@ -11,11 +11,13 @@ import numpy as np
 
 from compofa_bench.errors import LutError
 from compofa_bench.lut.table import Calibration, LatencyTable
+from compofa_bench.netspec import NetSpec
 from compofa_bench.ranking import kendall_tau_b, spearman
 
 if TYPE_CHECKING:
     from compofa_bench.adapters.base import Adapter
     from compofa_bench.devices import DeviceSpec
+    from compofa_bench.progress import ProgressFn
     from compofa_bench.spaces import Arch, SearchSpace
 
 
@@ -145,7 +147,7 @@ def measure_archs(
     n_classes: int,
     batch_size: int,
     adapter: Adapter | None = None,
-    show_progress: bool = True,
+    progress: ProgressFn | None = None,
     run: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """End-to-end median latency of ``archs`` (in order), through ``profile`` (so archs the
@@ -158,9 +160,9 @@ def measure_archs(
 
     with ResultStore(store_path) as store:
         (run,) = profile_archs(
-            archs, [device], store, space=space, base=base,
-            width_mult=width_mult, n_classes=n_classes,
-            protocol_overrides={"batch_size": batch_size}, show_progress=show_progress,
+            archs, [device], store, space=space,
+            net=NetSpec(base, width_mult, n_classes),
+            protocol_overrides={"batch_size": batch_size}, progress=progress,
             adapters=None if adapter is None else [adapter],
             run=run or RunOptions(),
         )  # fmt: skip
@@ -202,7 +204,7 @@ def measure_for_table(
     store_path: str | Path,
     *,
     space: str,
-    show_progress: bool = True,
+    progress: ProgressFn | None = None,
     adapter: Adapter | None = None,
     run: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -210,7 +212,7 @@ def measure_for_table(
     batch = int(table.provenance.get("batch_size", device.protocol.batch_size))
     return measure_archs(
         archs, device, store_path, space=space, base=table.base, width_mult=table.width_mult,
-        n_classes=table.n_classes, batch_size=batch, show_progress=show_progress,
+        n_classes=table.n_classes, batch_size=batch, progress=progress,
         adapter=adapter, run=run,
     )  # fmt: skip
 
@@ -224,7 +226,7 @@ def validate_table(
     seed: int = 0,
     store_path: str | Path = "results.db",
     plot: str | Path | None = None,
-    show_progress: bool = True,
+    progress: ProgressFn | None = None,
     resolutions: Sequence[int] | None = None,
     out: str | Path | None = None,
     strict: bool = False,
@@ -248,7 +250,8 @@ def validate_table(
     device name whose fingerprint (host CPU, cores, OS, runtime and settings) differs from the
     device's now, gives a line in ``report["warnings"]``, or a LutError under ``strict``
     (before anything is measured)."""
-    from compofa_bench.devices import DeviceSpec, load_device, open_adapter
+    from compofa_bench.adapters import open_adapter
+    from compofa_bench.devices import DeviceSpec, load_device
     from compofa_bench.lut.provenance import device_mismatches, enforce, fingerprint_mismatches
     from compofa_bench.profile import device_fingerprint
 
@@ -272,7 +275,7 @@ def validate_table(
             warnings += enforce(fingerprint_mismatches(table, now, str(lut_path)), strict)
         return _validate(
             table, spec, adapter, lut_path, space_name, n_sample, n_calibrate, seed,
-            store_path, plot, show_progress, resolutions, out, warnings, run,
+            store_path, plot, progress, resolutions, out, warnings, run,
         )  # fmt: skip
     finally:
         adapter.close()
@@ -289,7 +292,7 @@ def _validate(
     seed: int,
     store_path: str | Path,
     plot: str | Path | None,
-    show_progress: bool,
+    progress: ProgressFn | None,
     resolutions: Sequence[int] | None,
     out: str | Path | None,
     warnings: list[str],
@@ -320,7 +323,7 @@ def _validate(
     order = interleave_order(n_sample, n_calibrate)
     in_order, cost = measure_for_table(
         [archs[i] for i in order], spec, table, store_path, space=space.name,
-        show_progress=show_progress, adapter=adapter,
+        progress=progress, adapter=adapter,
         run=run or RunOptions(rounds=CHECK_ROUNDS),
     )  # fmt: skip
     measured = np.empty(len(archs))

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from compofa_bench.spaces import MBV3_STAGE_SIZES, Arch
-from compofa_bench.supernet.dynamic_ops import DynamicMBConv
-from compofa_bench.supernet.geometry import MBV3Config, mbv3_layer_specs
-from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig, check_build_args
+from compofa_bench.supernet.elastic import ElasticStages, build_elastic
+from compofa_bench.supernet.geometry import LayerSpec, MBV3Config, mbv3_layer_specs
+from compofa_bench.supernet.network import ElasticSupernet, check_build_args
 from compofa_bench.supernet.static_layers import (
     ConvBNAct,
     LinearHead,
@@ -65,70 +65,42 @@ def build_mbv3(
         ),
         shortcut=stem_c == first_c and cfg.stride_stages[0] == 1,
     )
-    elastic: list[Residual] = []
-    in_c = first_c
-    for stage, size in enumerate(MBV3_STAGE_SIZES):
-        out_c = widths[stage + 2]
-        for layer in range(size):
-            stride = cfg.stride_stages[stage + 1] if layer == 0 else 1
-            body = DynamicMBConv(
-                in_c,
-                out_c,
-                kernel_list,
-                expand_list,
-                stride,
-                cfg.act_stages[stage + 1],
-                cfg.se_stages[stage + 1],
-            )
-            elastic.append(Residual(body, shortcut=stride == 1 and in_c == out_c))
-            in_c = out_c
-    head: list[tuple[str, nn.Module]] = [
-        ("final_expand_layer", ConvBNAct(in_c, cfg.final_expand_width, 1, act="h_swish")),
-        ("global_pool", nn.AdaptiveAvgPool2d(1)),
-        (
-            "feature_mix_layer",
-            ConvBNAct(cfg.final_expand_width, cfg.last_channel, 1, act="h_swish", use_bn=False),
-        ),
-        ("classifier", LinearHead(cfg.last_channel, n_classes, dropout_rate)),
-    ]
-    config = SupernetConfig(
+    stages = ElasticStages(
+        sizes=MBV3_STAGE_SIZES,
+        widths=tuple(widths[2 : 2 + len(MBV3_STAGE_SIZES)]),
+        strides=tuple(cfg.stride_stages[1:]),
+        acts=tuple(cfg.act_stages[1:]),
+        se=tuple(cfg.se_stages[1:]),
+    )
+
+    def head(in_c: int) -> list[tuple[str, nn.Module]]:
+        return [
+            ("final_expand_layer", ConvBNAct(in_c, cfg.final_expand_width, 1, act="h_swish")),
+            ("global_pool", nn.AdaptiveAvgPool2d(1)),
+            (
+                "feature_mix_layer",
+                ConvBNAct(cfg.final_expand_width, cfg.last_channel, 1, act="h_swish", use_bn=False),
+            ),
+            ("classifier", LinearHead(cfg.last_channel, n_classes, dropout_rate)),
+        ]
+
+    def specs(arch: Arch) -> list[LayerSpec]:
+        return mbv3_layer_specs(arch, cfg)
+
+    return build_elastic(
         base="mbv3",
+        stages=stages,
+        stem=first_conv,
+        first_block=first_block,
+        in_channels=first_c,
+        head=head,
+        head_names=HEAD_NAMES,
+        specs=specs,
+        bn=(BN_MOMENTUM, BN_EPS),
         width_mult=width_mult,
         n_classes=n_classes,
         dropout_rate=dropout_rate,
-        kernel_list=tuple(sorted(set(kernel_list))),
-        expand_list=tuple(sorted(set(expand_list))),
-        depth_list=tuple(sorted(set(depth_list))),
-        stage_sizes=MBV3_STAGE_SIZES,
+        kernel_list=kernel_list,
+        expand_list=expand_list,
+        depth_list=depth_list,
     )
-
-    def specs(arch: Arch) -> list:
-        return mbv3_layer_specs(arch, cfg)
-
-    net = ElasticSupernet(config, first_conv, [first_block], elastic, head, HEAD_NAMES, specs)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum, m.eps = BN_MOMENTUM, BN_EPS
-    _init_weights(net)
-    return net
-
-
-def _init_weights(net: nn.Module) -> None:
-    """OFA's init: He (fan-out) for convs, unit BN, uniform linear; the kernel-transform
-    matrices stay identity."""
-    import math
-
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            m.weight.data.normal_(0, math.sqrt(2.0 / n))
-            if m.bias is not None:
-                m.bias.data.zero_()
-        elif isinstance(m, nn.BatchNorm2d):
-            m.weight.data.fill_(1)
-            m.bias.data.zero_()
-        elif isinstance(m, nn.Linear):
-            stdv = 1.0 / math.sqrt(m.weight.size(1))
-            m.weight.data.uniform_(-stdv, stdv)
-            if m.bias is not None:
-                m.bias.data.zero_()

@@ -6,7 +6,9 @@ ReLU6 everywhere and no SE; a 1x1 feature-mix conv + BN + ReLU6 on the final fea
 global pooling; dropout + linear classifier. BN eps is 1e-3 (OFA's ``bn_param=(0.1, 1e-3)``).
 
 Everything elastic is the same :class:`DynamicMBConv` MobileNetV3 uses, parameterised with
-ReLU6 and no SE; selection, extraction and checkpoint loading are :class:`ElasticSupernet`'s.
+ReLU6 and no SE, assembled by the builder both bases share
+(:func:`~compofa_bench.supernet.elastic.build_elastic`); selection, extraction and checkpoint
+loading are :class:`ElasticSupernet`'s.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from compofa_bench.spaces import PROXYLESS_STAGE_SIZES, Arch
-from compofa_bench.supernet.dynamic_ops import DynamicMBConv
+from compofa_bench.supernet.elastic import ElasticStages, build_elastic
 from compofa_bench.supernet.geometry import LayerSpec, ProxylessConfig, proxyless_layer_specs
-from compofa_bench.supernet.mbv3 import _init_weights
-from compofa_bench.supernet.network import ElasticSupernet, SupernetConfig, check_build_args
+from compofa_bench.supernet.network import ElasticSupernet, check_build_args
 from compofa_bench.supernet.static_layers import ConvBNAct, LinearHead, MBConv, Residual
 
 #: Geometry kind -> module name of the head, as in OFAProxylessNASNets. The global pooling
@@ -51,37 +52,39 @@ def build_proxyless(
         MBConv(stem_c, first_c, stem_c, 3, 1, cfg.act, False, has_expand_conv=False),
         shortcut=False,
     )
-    elastic: list[Residual] = []
-    in_c = first_c
-    for stage, size in enumerate(PROXYLESS_STAGE_SIZES):
-        out_c = widths[stage + 2]
-        for layer in range(size):
-            stride = cfg.stride_stages[stage] if layer == 0 else 1
-            body = DynamicMBConv(in_c, out_c, kernel_list, expand_list, stride, cfg.act, False)
-            elastic.append(Residual(body, shortcut=stride == 1 and in_c == out_c))
-            in_c = out_c
-    head: list[tuple[str, nn.Module]] = [
-        ("feature_mix_layer", ConvBNAct(in_c, cfg.last_channel, 1, act=cfg.act)),
-        ("global_avg_pool", nn.AdaptiveAvgPool2d(1)),
-        ("classifier", LinearHead(cfg.last_channel, n_classes, dropout_rate)),
-    ]
-    config = SupernetConfig(
-        base="proxyless",
-        width_mult=width_mult,
-        n_classes=n_classes,
-        dropout_rate=dropout_rate,
-        kernel_list=tuple(sorted(set(kernel_list))),
-        expand_list=tuple(sorted(set(expand_list))),
-        depth_list=tuple(sorted(set(depth_list))),
-        stage_sizes=PROXYLESS_STAGE_SIZES,
+    n = len(PROXYLESS_STAGE_SIZES)
+    stages = ElasticStages(
+        sizes=PROXYLESS_STAGE_SIZES,
+        widths=tuple(widths[2 : 2 + n]),
+        strides=tuple(cfg.stride_stages[:n]),
+        acts=(cfg.act,) * n,
+        se=(False,) * n,
     )
+
+    def head(in_c: int) -> list[tuple[str, nn.Module]]:
+        return [
+            ("feature_mix_layer", ConvBNAct(in_c, cfg.last_channel, 1, act=cfg.act)),
+            ("global_avg_pool", nn.AdaptiveAvgPool2d(1)),
+            ("classifier", LinearHead(cfg.last_channel, n_classes, dropout_rate)),
+        ]
 
     def specs(arch: Arch) -> list[LayerSpec]:
         return proxyless_layer_specs(arch, cfg)
 
-    net = ElasticSupernet(config, first_conv, [first_block], elastic, head, HEAD_NAMES, specs)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum, m.eps = BN_MOMENTUM, BN_EPS
-    _init_weights(net)
-    return net
+    return build_elastic(
+        base="proxyless",
+        stages=stages,
+        stem=first_conv,
+        first_block=first_block,
+        in_channels=first_c,
+        head=head,
+        head_names=HEAD_NAMES,
+        specs=specs,
+        bn=(BN_MOMENTUM, BN_EPS),
+        width_mult=width_mult,
+        n_classes=n_classes,
+        dropout_rate=dropout_rate,
+        kernel_list=kernel_list,
+        expand_list=expand_list,
+        depth_list=depth_list,
+    )

@@ -54,31 +54,25 @@ def shutdown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
-def average_gradients(model: nn.Module, ctx: Context) -> None:
-    if not ctx.distributed:
+def _average(tensors: list[torch.Tensor], ctx: Context) -> None:
+    """Average ``tensors`` in place across ranks: one flat buffer, one all-reduce (one
+    collective per step instead of one per tensor)."""
+    if not ctx.distributed or not tensors:
         return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
+    flat = _flatten_dense_tensors(tensors)
     dist.all_reduce(flat)
     flat.div_(ctx.world_size)
-    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        g.copy_(synced)
+    for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors), strict=True):
+        t.copy_(synced)
+
+
+def average_gradients(model: nn.Module, ctx: Context) -> None:
+    _average([p.grad for p in model.parameters() if p.grad is not None], ctx)
 
 
 def average_buffers(model: nn.Module, ctx: Context) -> None:
     """Average BN running statistics (each rank saw different images) before a checkpoint."""
-    if not ctx.distributed:
-        return
-    bufs = [b for b in model.buffers() if b.is_floating_point()]
-    if not bufs:
-        return
-    flat = _flatten_dense_tensors(bufs)
-    dist.all_reduce(flat)
-    flat.div_(ctx.world_size)
-    for b, synced in zip(bufs, _unflatten_dense_tensors(flat, bufs), strict=True):
-        b.copy_(synced)
+    _average([b for b in model.buffers() if b.is_floating_point()], ctx)
 
 
 def broadcast_state(model: nn.Module, ctx: Context) -> None:

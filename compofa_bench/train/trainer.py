@@ -27,6 +27,7 @@ from torch import nn
 
 from compofa_bench import data as data_mod
 from compofa_bench.errors import TrainError
+from compofa_bench.progress import ProgressEvent, ProgressFn, report
 from compofa_bench.train import checkpoint as ckpt
 from compofa_bench.train import distributed as D
 from compofa_bench.train.losses import distillation_loss, label_smoothed_ce, soft_target_ce
@@ -169,7 +170,13 @@ class _StopFlag:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, config: TrainConfig, resume: bool = False) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        config: TrainConfig,
+        resume: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> None:
         if config.amp not in AMP_MODES:
             raise TrainError(f"amp must be one of {', '.join(AMP_MODES)}, not {config.amp!r}")
         if config.micro_batches < 1:
@@ -182,6 +189,7 @@ class Trainer:
             recipe = dataclass_replace(recipe, batch_size=config.batch_size)
         self.recipe = recipe.scaled(config.scale)
         self.config = config
+        self.progress = progress
         self.out = Path(config.out)
         self.resume = resume
         # The files given are read (weights-only) and checked before any data or model is built.
@@ -485,80 +493,78 @@ class Trainer:
     def _run(self, stop: _StopFlag, result: RunResult, on_step: Any) -> None:
         recipe, pos = self.recipe, self.pos
         metrics_path = self.out / METRICS
-        progress = _Progress(enabled=self.ctx.is_root and not self.config.quiet)
-        with progress:
-            while pos.phase < len(recipe.phases):
-                phase = recipe.phases[pos.phase]
-                total, warm = phase_steps(phase, self.spe)
-                self._start_phase(phase, fresh=pos.step == 0)
-                assert self.optimizer is not None
-                sched = CosineWarmup(
-                    phase.lr * self._lr_scale(), total, warm, phase.warmup_lr * self._lr_scale()
-                )
-                phase_task = progress.start(
-                    f"phase {pos.phase + 1}/{len(recipe.phases)} {phase.name}", total, pos.step
-                )
-                while pos.step < total:
-                    epoch, start = divmod(pos.step, self.spe)
-                    n_epoch_steps = min(self.spe, total - epoch * self.spe)
-                    task = progress.start(
-                        f"{phase.name} epoch {epoch + 1}/{math.ceil(total / self.spe)}",
-                        n_epoch_steps,
-                        start,
+        # one progress mechanism for the whole library: events to a callback, drawn by the CLI
+        show = self.progress if self.ctx.is_root and not self.config.quiet else None
+        while pos.phase < len(recipe.phases):
+            phase = recipe.phases[pos.phase]
+            total, warm = phase_steps(phase, self.spe)
+            self._start_phase(phase, fresh=pos.step == 0)
+            assert self.optimizer is not None
+            sched = CosineWarmup(
+                phase.lr * self._lr_scale(), total, warm, phase.warmup_lr * self._lr_scale()
+            )
+            phase_task = f"phase {pos.phase + 1}/{len(recipe.phases)} {phase.name}"
+            report(show, ProgressEvent(phase_task, pos.step, total))
+            while pos.step < total:
+                epoch, start = divmod(pos.step, self.spe)
+                n_epoch_steps = min(self.spe, total - epoch * self.spe)
+                task = f"{phase.name} epoch {epoch + 1}/{math.ceil(total / self.spe)}"
+                report(show, ProgressEvent(task, start, n_epoch_steps))
+                t0, seen = time.perf_counter(), 0
+                for images, labels in self._batches(epoch, start):
+                    lr = sched(pos.step)
+                    set_lr(self.optimizer, lr)
+                    info = self.train_step(pos.phase, phase, pos.step, images, labels)
+                    pos.step += 1
+                    pos.global_step += 1
+                    seen += images.shape[0] * self.ctx.world_size
+                    ips = seen / max(1e-9, time.perf_counter() - t0)
+                    row = {
+                        "phase": phase.name,
+                        "epoch": epoch,
+                        "step": pos.step,
+                        "global_step": pos.global_step,
+                        "lr": lr,
+                        "images_per_s": ips,
+                        **info,
+                    }
+                    result.last_loss = info["loss"]
+                    if on_step is not None:
+                        on_step(row)
+                    if self.ctx.is_root and (
+                        pos.step % self.config.log_every == 0 or pos.step == total
+                    ):
+                        _append_jsonl(metrics_path, row)
+                    done = pos.step - epoch * self.spe
+                    report(show, _step_event(task, done, n_epoch_steps, row))
+                    report(show, _step_event(phase_task, pos.step, total, row))
+                    epoch_end = pos.step % self.spe == 0 or pos.step == total
+                    limit = (
+                        self.config.max_steps is not None
+                        and pos.global_step >= self.config.max_steps
                     )
-                    t0, seen = time.perf_counter(), 0
-                    for images, labels in self._batches(epoch, start):
-                        lr = sched(pos.step)
-                        set_lr(self.optimizer, lr)
-                        info = self.train_step(pos.phase, phase, pos.step, images, labels)
-                        pos.step += 1
-                        pos.global_step += 1
-                        seen += images.shape[0] * self.ctx.world_size
-                        ips = seen / max(1e-9, time.perf_counter() - t0)
-                        row = {
-                            "phase": phase.name,
-                            "epoch": epoch,
-                            "step": pos.step,
-                            "global_step": pos.global_step,
-                            "lr": lr,
-                            "images_per_s": ips,
-                            **info,
-                        }
-                        result.last_loss = info["loss"]
-                        if on_step is not None:
-                            on_step(row)
-                        if self.ctx.is_root and (
-                            pos.step % self.config.log_every == 0 or pos.step == total
-                        ):
-                            _append_jsonl(metrics_path, row)
-                        progress.advance(task, row)
-                        progress.advance(phase_task, row)
-                        epoch_end = pos.step % self.spe == 0 or pos.step == total
-                        limit = (
-                            self.config.max_steps is not None
-                            and pos.global_step >= self.config.max_steps
+                    if D.any_flag(stop.raised or limit, self.ctx):
+                        if pos.step == total:
+                            self._finish_phase(phase)
+                        self.save()
+                        result.interrupted = True
+                        if limit and not stop.raised:
+                            return
+                        raise Interrupted(
+                            f"stopped at phase {phase.name}, step {pos.step}/{total}; "
+                            f"checkpoint in {self.out / CHECKPOINT}; rerun with --resume"
                         )
-                        if D.any_flag(stop.raised or limit, self.ctx):
-                            if pos.step == total:
-                                self._finish_phase(phase)
-                            self.save()
-                            result.interrupted = True
-                            if limit and not stop.raised:
-                                return
-                            raise Interrupted(
-                                f"stopped at phase {phase.name}, step {pos.step}/{total}; "
-                                f"checkpoint in {self.out / CHECKPOINT}; rerun with --resume"
-                            )
-                        if epoch_end:
-                            progress.finish(task, row)
-                            break
-                    if seen == 0:
-                        raise TrainError(f"phase {phase.name}: the data loader yielded no batch")
-                    if pos.step < total and self.config.epoch_checkpoints:
-                        self.save()  # epoch end
-                progress.remove(phase_task)
-                self._finish_phase(phase)
-                self.save()
+                    if epoch_end:
+                        report(show, _epoch_event(task, n_epoch_steps, row))
+                        break
+                if seen == 0:
+                    raise TrainError(f"phase {phase.name}: the data loader yielded no batch")
+                if pos.step < total and self.config.epoch_checkpoints:
+                    self.save()  # epoch end
+            done_line = f"{total} steps"
+            report(show, ProgressEvent(phase_task, total, total, finished=True, summary=done_line))
+            self._finish_phase(phase)
+            self.save()
         pos.done = True
         self.save()
         self.save(FINAL)
@@ -597,75 +603,36 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-class _Progress:
-    """Rich progress bars, silent off rank 0: one per phase (its ETA) and one per epoch (loss,
-    batch accuracy of the step's first subnet, lr, images/s, subnets sampled)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._p = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-    def start(self, description: str, total: int, completed: int) -> Any:
-        if self._p is None:
-            return None
-        return self._p.add_task(description, total=total, completed=completed, info="")
-
-    def finish(self, task: Any, row: dict[str, Any]) -> None:
-        """Replace a finished epoch's bar by one summary line (long runs have many epochs)."""
-        if self._p is None or task is None:
-            return
-        desc = self._p.tasks[[t.id for t in self._p.tasks].index(task)].description
-        self._p.remove_task(task)
-        self._p.console.print(
-            f"{desc}: loss {row['loss']:.4f}  train acc {row['acc']:.3f}  lr {row['lr']:.4g}  "
-            f"{row['images_per_s']:.0f} img/s"
-        )
-
-    def remove(self, task: Any) -> None:
-        if self._p is not None and task is not None:
-            self._p.remove_task(task)
-
-    def advance(self, task: Any, row: dict[str, Any]) -> None:
-        if self._p is None or task is None:
-            return
-        info = (
-            f"loss {row['loss']:.3f}  acc {row['acc']:.3f}  lr {row['lr']:.4g}  "
-            f"{row['images_per_s']:.0f} img/s  "
-            f"r{row['resolution']} x{len(row['subnets'])} subnets"
-        )
-        self._p.update(task, advance=1, info=info)
+def _step_event(task: str, done: int, total: int, row: dict[str, Any]) -> ProgressEvent:
+    """A training step's event: loss, batch accuracy of the step's first subnet, lr, images/s,
+    resolution and subnets sampled."""
+    info = (
+        f"loss {row['loss']:.3f}  acc {row['acc']:.3f}  lr {row['lr']:.4g}  "
+        f"{row['images_per_s']:.0f} img/s  "
+        f"r{row['resolution']} x{len(row['subnets'])} subnets"
+    )
+    return ProgressEvent(task, done, total, info)
 
 
-def train(recipe: Recipe, config: TrainConfig, resume: bool = False) -> RunResult:
-    """Run (or resume) a recipe. Raises :class:`Interrupted` after checkpointing on a signal."""
-    return Trainer(recipe, config, resume=resume).run()
+def _epoch_event(task: str, total: int, row: dict[str, Any]) -> ProgressEvent:
+    """An epoch's last event: its summary line replaces the bar (long runs have many epochs)."""
+    line = (
+        f"loss {row['loss']:.4f}  train acc {row['acc']:.3f}  lr {row['lr']:.4g}  "
+        f"{row['images_per_s']:.0f} img/s"
+    )
+    return ProgressEvent(task, total, total, finished=True, summary=line)
+
+
+def train(
+    recipe: Recipe,
+    config: TrainConfig,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """Run (or resume) a recipe. Raises :class:`Interrupted` after checkpointing on a signal.
+    ``progress`` hears of every step (one task per phase and one per epoch), on rank 0 unless
+    ``quiet``."""
+    return Trainer(recipe, config, resume=resume, progress=progress).run()
 
 
 __all__ = [

@@ -27,7 +27,7 @@ import numpy as np
 from compofa_bench.encoding import ArchArrays, fill_inactive, take
 
 if TYPE_CHECKING:
-    from compofa_bench.search import AdditiveModel
+    from compofa_bench.search.model import AdditiveModel
     from compofa_bench.spaces import SearchSpace
 
 #: Budget grid cells between zero and the largest limit.
