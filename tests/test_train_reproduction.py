@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from compofa_bench import data, demo, spaces
+from compofa_bench import data, spaces
+from compofa_bench import jobs as demo  # the demo lives in jobs.py (#16)
 from compofa_bench import predictor as P
 from compofa_bench.errors import PredictorError
 
