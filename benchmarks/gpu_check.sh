@@ -13,7 +13,9 @@
 #
 # Beside the GPU steps, pinned to other CPU cores, it runs the CPU benchmarks that want a quiet
 # host (cpu-ort-1t repeatability, the lookup-table accuracy), so their figures come from a host
-# that is not the problem. Everything lands in $OUT/gpu_check.tar.gz (packed after every step),
+# that is not the problem. Caution, measured on an H200 VM: those jobs raised the launch-bound
+# GPU rows' noise floor to 73% (benchmarks/RESULTS.md, gpu); when the GPU figures matter, set
+# CPU_JOBS=0 and run them apart. Everything lands in $OUT/gpu_check.tar.gz (packed after every step),
 # with steps.tsv (step, status, seconds) and summary.md beside it.
 #
 #   benchmarks/gpu_check.sh              # on the GPU host
@@ -34,7 +36,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^set -uo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
