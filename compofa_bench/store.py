@@ -25,6 +25,7 @@ the human key (``Arch.key()`` or a layer key) used for look-ups by arch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -236,6 +237,23 @@ class ResultStore:
             conn.execute("ROLLBACK")
             raise
 
+    @contextlib.contextmanager
+    def _transaction(self, failure: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction under the lock: committed when the block ends,
+        rolled back on any exception; an SQLite error becomes one StoreError that starts with
+        ``failure`` and names the store."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"{failure} {self.path}: {exc}") from None
+                raise
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -298,20 +316,11 @@ class ResultStore:
             row[c] = _finite(getattr(s, c)) if s else None
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                cur = self._conn.execute(
-                    f"INSERT INTO measurements ({cols}) VALUES ({marks})", tuple(row.values())
-                )
-                self._conn.execute("COMMIT")
-            except BaseException as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot write to results store {self.path}: {exc}") from None
-                raise
-            return int(cur.lastrowid or 0)
+        with self._transaction("cannot write to results store") as conn:
+            cur = conn.execute(
+                f"INSERT INTO measurements ({cols}) VALUES ({marks})", tuple(row.values())
+            )
+        return int(cur.lastrowid or 0)
 
     # ----------------------------------------------------------------- resume / memoization
     def done_keys(
@@ -438,18 +447,9 @@ class ResultStore:
     def _write(self, q: str, params: Sequence[Any]) -> int:
         if self.readonly:
             raise StoreError(f"results store {self.path} is open read-only")
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                cur = self._conn.execute(q, tuple(params))
-                self._conn.execute("COMMIT")
-            except BaseException as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot write to results store {self.path}: {exc}") from None
-                raise
-            return int(cur.lastrowid or 0)
+        with self._transaction("cannot write to results store") as conn:
+            cur = conn.execute(q, tuple(params))
+        return int(cur.lastrowid or 0)
 
     def lookup(
         self,
@@ -647,23 +647,13 @@ class ResultStore:
             raise StoreError(f"results store {self.path} is open read-only")
         ids = list(ids)
         n = 0
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    cur = self._conn.execute(
-                        f"DELETE FROM measurements WHERE id IN ({','.join('?' * len(chunk))})",
-                        chunk,
-                    )
-                    n += cur.rowcount
-                self._conn.execute("COMMIT")
-            except BaseException as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot delete from {self.path}: {exc}") from None
-                raise
+        with self._transaction("cannot delete from") as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                cur = conn.execute(
+                    f"DELETE FROM measurements WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                )
+                n += cur.rowcount
         return n
 
     def _query(self, q: str, params: Sequence[Any]) -> list[sqlite3.Row]:
