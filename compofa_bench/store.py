@@ -33,6 +33,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -168,6 +169,7 @@ class ResultStore:
         conn.row_factory = sqlite3.Row
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._timeout_s = timeout_s
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -189,8 +191,16 @@ class ResultStore:
             if version == 0:
                 raise StoreError(f"{self.path} is not a compofa-bench results store (no schema)")
             return
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+        # Switching to WAL needs the file to itself and ignores the busy timeout: a second
+        # process opening a new store while the first creates it retries instead of failing.
+        deadline = time.monotonic() + self._timeout_s
+        while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         conn.execute("PRAGMA synchronous = NORMAL")
         if version == SCHEMA_VERSION:
             return
