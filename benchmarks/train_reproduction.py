@@ -74,6 +74,8 @@ EVAL_RES = (32, 40)
 PLAN_FILL = 0.80
 #: "Same accuracy": within this many top-1 points (mean over all evaluated subnets).
 SAME_ACC_PTS = 0.5
+#: The run whose acc.csv trains the predictor: it always gets every subnet the budget allows.
+PREDICTOR_SOURCE = "compofa"
 
 
 # =============================================================================== the runs
@@ -177,19 +179,35 @@ def phase_plan(m: Method, batch: int, spe: int, scale: float) -> list[dict[str, 
 
 
 def plan_seconds(
-    methods: Sequence[Method], costs: StepCosts, spe: int, scale: float, batch: int, n_eval: int
+    methods: Sequence[Method],
+    costs: StepCosts,
+    spe: int,
+    scale: float,
+    batch: int,
+    n_eval: int,
+    n_eval_others: int | None = None,
 ) -> dict[str, dict[str, float]]:
     plan = {}
     for m in methods:
         rows = phase_plan(m, batch, spe, scale)
         train = sum(r["steps"] * costs.step_s(r["phase_obj"]) for r in rows)
-        evals = (n_eval if m.supernet else 1) * len(EVAL_RES)
+        evals = eval_count(m, n_eval, n_eval_others) * len(EVAL_RES)
         plan[m.name] = {
             "train_s": train,
             "eval_s": evals * costs.eval_s,
             "steps": sum(r["steps"] for r in rows),
         }
     return plan
+
+
+def eval_count(m: Method, n_eval: int, n_eval_others: int | None) -> int:
+    """Subnets (per resolution) evaluated for ``m``: the teacher has one; the predictor's
+    source every one the budget allows; the others at most ``n_eval_others`` when given."""
+    if not m.supernet:
+        return 1
+    if m.name == PREDICTOR_SOURCE or n_eval_others is None:
+        return n_eval
+    return min(n_eval, n_eval_others)
 
 
 def _sync(device: torch.device) -> None:
@@ -446,7 +464,8 @@ def choose_speed(args: argparse.Namespace, device: torch.device, log: Log) -> St
     cls = [True, False] if args.channels_last == "auto" else [args.channels_last == "on"]
     if device.type != "cuda":
         amps = ["none"] if args.amp == "auto" else amps
-        cls = [False] if args.channels_last == "auto" else cls
+        # Channels-last stays in the race on CPU: oneDNN's depthwise convolutions ran ~2.5x
+        # faster in NHWC on the 2-core VM (687 vs 1779 ms per subnet step at batch 256).
     repeats = 2 if args.smoke else 6
     auto = args.batch_size == "auto"
     if auto:
@@ -514,6 +533,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--calib-images", type=int, default=2000, help="BN recalibration images")
     ap.add_argument("--val-images", type=int, default=None, help="test images (default: all 10000)")
     ap.add_argument("--subset", type=int, default=None, help="training images (default all)")
+    ap.add_argument(
+        "--eval-others",
+        type=int,
+        default=None,
+        help=f"evaluate at most this many subnets (largest and smallest included) for the "
+        f"supernet runs other than {PREDICTOR_SOURCE}, which trains the predictor and always "
+        f"gets every subnet the budget allows (default: the same for all; a CPU budget "
+        f"needs it)",
+    )
     ap.add_argument("--methods", default=",".join(m.name for m in METHODS))
     ap.add_argument("--plan-only", action="store_true", help="measure, print the plan, stop")
     ap.add_argument(
@@ -560,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_train = args.subset or 60000
     eval_limit = 3 if args.smoke else None
     n_eval = 3 if args.smoke else spaces.get("compofa").structure_count()
+    others = args.eval_others
 
     # ------------------------------------------------------------------ plan
     log(
@@ -574,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         costs = choose_speed(args, device, log)
     args.batch_size = costs.batch
     spe = T.steps_per_epoch(n_train, args.batch_size)
-    unit = plan_seconds(methods, costs, spe, 1.0, args.batch_size, n_eval)
+    unit = plan_seconds(methods, costs, spe, 1.0, args.batch_size, n_eval, others)
     train_at_1 = sum(v["train_s"] for v in unit.values())
     eval_total = sum(v["eval_s"] for v in unit.values())
     fixed_s = log.elapsed() + 15.0 + 10.0 * len(methods)  # predictor+search, loads, plots
@@ -588,11 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             eval_limit = max(3, int(n_eval * PLAN_FILL * args.time_budget_s / 2 / eval_total))
             n_eval = eval_limit
-            unit = plan_seconds(methods, costs, spe, 1.0, args.batch_size, n_eval)
+            unit = plan_seconds(methods, costs, spe, 1.0, args.batch_size, n_eval, others)
             eval_total = sum(v["eval_s"] for v in unit.values())
             room = PLAN_FILL * args.time_budget_s - fixed_s - eval_total
         scale = min(scale, max(room, 1e-9) / train_at_1)
-    plan = plan_seconds(methods, costs, spe, scale, args.batch_size, n_eval)
+    plan = plan_seconds(methods, costs, spe, scale, args.batch_size, n_eval, others)
     plan_doc = {
         "scale": scale,
         "batch_size": args.batch_size,
@@ -609,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"PLAN: scale s = {scale:.5g} of every paper schedule; batch {args.batch_size}, "
         f"{spe} steps/epoch, amp {costs.amp}, channels-last {costs.channels_last}, train "
         f"{list(TRAIN_RES)} px, eval {n_eval} CompOFA subnets x {list(EVAL_RES)} px"
+        + (f" ({others} for runs other than {PREDICTOR_SOURCE})" if others else "")
     )
     for m in methods:
         rows = phase_plan(m, args.batch_size, spe, scale)
@@ -672,7 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"  {result_path} exists: reusing it")
             train_s = None
         else:
-            total_steps = plan_seconds([m], costs, spe, s, args.batch_size, n_eval)[m.name]["steps"]
+            total_steps = plan_seconds([m], costs, spe, s, args.batch_size, n_eval, others)[m.name][
+                "steps"
+            ]
             cfg = T.TrainConfig(
                 data=args.data,
                 out=run_dir,
@@ -708,7 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _sync(device)
             train_s = time.perf_counter() - t_start
         t_eval = time.perf_counter()
-        archs = eval_archs(m, eval_limit)
+        limit = eval_count(m, n_eval, others) if (eval_limit or others) else None
+        archs = eval_archs(m, limit)
         rows = evaluate_run(
             result_path,
             archs,
@@ -723,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spent_eval_plan += plan[m.name]["eval_s"]
         spent_eval_real += eval_s
         if train_s is not None:
-            spent_plan += plan_seconds([m], costs, spe, s, args.batch_size, n_eval)[m.name][
+            spent_plan += plan_seconds([m], costs, spe, s, args.batch_size, n_eval, others)[m.name][
                 "train_s"
             ]
             spent_real += train_s
