@@ -14,8 +14,8 @@
 # Beside the GPU steps, pinned to other CPU cores, it runs the CPU benchmarks that want a quiet
 # host (cpu-ort-1t repeatability, the lookup-table accuracy), so their figures come from a host
 # that is not the problem. Caution, measured on an H200 VM: those jobs raised the launch-bound
-# GPU rows' noise floor to 73% (benchmarks/RESULTS.md, gpu); when the GPU figures matter, set
-# CPU_JOBS=0 and run them apart. Everything lands in $OUT/gpu_check.tar.gz (packed after every step),
+# GPU rows' noise floor to 73% (benchmarks/RESULTS.md, gpu), so they are off unless CPU_JOBS=1
+# (use that for a run that wants the quiet CPU figures more than the GPU ones). Everything lands in $OUT/gpu_check.tar.gz (packed after every step),
 # with steps.tsv (step, status, seconds) and summary.md beside it.
 #
 #   benchmarks/gpu_check.sh              # on the GPU host
@@ -27,7 +27,7 @@
 # comma list to run a subset, default all), CAP_<step> (a step's own limit in seconds), STATE
 # (a folder whose stores/*.db an earlier run returned: resume from them), TESTS_K (pytest -k for
 # the tests step), REPEAT_SAMPLE (archs of the repeat step, default 0: all 243),
-# CPU_JOBS (0 to skip the CPU benchmarks).
+# CPU_JOBS (1 to run the CPU benchmarks beside the GPU steps; default 0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,7 +48,7 @@ BUDGET_S=${BUDGET_S:-540}
 GPU_CPUS=${GPU_CPUS:-0-3}
 CPU_BENCH_CPUS=${CPU_BENCH_CPUS:-8-15}
 STEPS=${STEPS:-tests,latency_all,repeat,lut,recipe,train,train_native,modes}
-CPU_JOBS=${CPU_JOBS:-1}
+CPU_JOBS=${CPU_JOBS:-0}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")

@@ -165,20 +165,30 @@ def test_transfers_are_timed_apart_from_compute() -> None:
 
 @needs_gpu
 def test_out_of_memory_names_the_largest_batch_that_fits() -> None:
+    # The allocator is capped at ~2 GiB for this test: on a 140 GB card the halving search
+    # otherwise runs forwards of batches in the millions, tens of seconds each (an H200 run
+    # hit its time limit here). The cap raises the same torch.OutOfMemoryError.
     total = torch.cuda.get_device_properties(0).total_memory
+    fraction = min(1.0, 2 * 2**30 / total)
+    cap = fraction * total
     per_image = 3 * 32 * 32 * 4
-    batch = 1 << math.ceil(math.log2(2 * total / per_image))  # input alone: twice the GPU
-    with open_adapter(_spec()) as a, pytest.raises(MeasurementError) as info:
-        a.prepare(_workload(batch=batch))
-    msg = str(info.value)
-    assert f"batch {batch} does not fit" in msg
-    assert "largest batch that fits is" in msg
-    fits = int(msg.split("largest batch that fits is ")[1].split()[0])
-    assert 1 <= fits < batch and batch % fits == 0
-    # The batch it names really fits.
-    with open_adapter(_spec(oom_search=False)) as a:
-        p = a.prepare(_workload(batch=fits))
-        a.release(p)
+    batch = 1 << math.ceil(math.log2(2 * cap / per_image))  # input alone: twice the cap
+    torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    try:
+        with open_adapter(_spec()) as a, pytest.raises(MeasurementError) as info:
+            a.prepare(_workload(batch=batch))
+        msg = str(info.value)
+        assert f"batch {batch} does not fit" in msg
+        assert "largest batch that fits is" in msg
+        fits = int(msg.split("largest batch that fits is ")[1].split()[0])
+        assert 1 <= fits < batch and batch % fits == 0
+        # The batch it names really fits.
+        with open_adapter(_spec(oom_search=False)) as a:
+            p = a.prepare(_workload(batch=fits))
+            a.release(p)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        torch.cuda.empty_cache()
 
 
 @needs_gpu
