@@ -190,9 +190,12 @@ def main() -> int:
         # rounds x (both sides) x steps must fit the bound, priced at the warm-up's pace.
         steps = max(2, int(args.seconds / (args.rounds * sum(per_step.values()))))
     ips: dict[str, list[float]] = {k: [] for k in sides}
-    for _ in range(args.rounds):  # alternate so drift hits both sides alike
+    for r in range(args.rounds):  # alternate so drift hits both sides alike
         for name, step in sides.items():
             ips[name].append(args.batch * steps / time_steps(step, device, steps))
+        # Each round on stderr as it ends: a run cut by a time limit still shows what it had.
+        line = ", ".join(f"{k} {v[-1]:.1f}" for k, v in ips.items())
+        print(f"round {r + 1}/{args.rounds}: images/s {line}", file=sys.stderr, flush=True)
     med = {k: float(np.median(v)) for k, v in ips.items()}
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
