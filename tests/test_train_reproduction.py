@@ -182,7 +182,7 @@ def test_reproduction_smoke_run_writes_every_output(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_reproduction.py"), "--smoke",
-         "--device", "cpu", "--out", str(out)],
+         "--device", "cpu", "--out", str(out), "--eval-others", "2"],
         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -193,8 +193,9 @@ def test_reproduction_smoke_run_writes_every_output(tmp_path):
     assert list(summary["methods"]) == names
     for name in names:
         rows = P.read_acc_csv(out / "runs" / name / "acc.csv")
-        # The teacher: OFA's largest net at 32 and 40 px; supernets: 3 subnets x 2 sizes.
-        assert len(rows.archs) == (2 if name == "teacher" else 6)
+        # The teacher: OFA's largest net at 32 and 40 px; compofa (the predictor's source): 3
+        # subnets x 2 sizes; the other supernets: --eval-others 2 subnets x 2 sizes.
+        assert len(rows.archs) == {"teacher": 2, "compofa": 6}.get(name, 4)
         assert sorted({a.resolution for a in rows.archs}) == [32, 40]
         assert ((rows.top1 >= 0) & (rows.top1 <= 1)).all()
         m = summary["methods"][name]
