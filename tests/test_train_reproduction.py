@@ -172,6 +172,18 @@ def test_demo_accuracy_source_never_ranks_by_a_placeholder(tmp_path, monkeypatch
     assert demo.accuracy_source(demo.DemoConfig())[:2] == (None, "macs")
 
 
+def test_the_shipped_predictor_is_a_trained_one_and_the_demo_ranks_by_it():
+    # predictors/fashion-mnist/ holds the CPU reproduction's predictor (not a placeholder):
+    # the demo's default accuracy source is it, over every CompOFA subnet it was trained on.
+    pred = P.load(demo.SHIPPED_PREDICTOR)
+    assert not pred.info.get("placeholder")
+    rows = P.read_acc_csv(demo.SHIPPED_PREDICTOR.with_name("acc.csv"))
+    assert len({a.key() for a in rows.archs}) == 2 * spaces.get("compofa").structure_count()
+    path, proxy, note = demo.accuracy_source(demo.DemoConfig())
+    assert (path, proxy) == (str(demo.SHIPPED_PREDICTOR), None)
+    assert "Fashion-MNIST top-1" in note
+
+
 # =============================================================================== the smoke run
 
 
