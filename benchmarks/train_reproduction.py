@@ -464,8 +464,8 @@ def choose_speed(args: argparse.Namespace, device: torch.device, log: Log) -> St
     cls = [True, False] if args.channels_last == "auto" else [args.channels_last == "on"]
     if device.type != "cuda":
         amps = ["none"] if args.amp == "auto" else amps
-        # Channels-last stays in the race on CPU: oneDNN's depthwise convolutions ran ~2.5x
-        # faster in NHWC on the 2-core VM (687 vs 1779 ms per subnet step at batch 256).
+        # Channels-last stays in the race on CPU: oneDNN's depthwise convolutions ran 1.6-2.6x
+        # faster in NHWC on the 2-core VM (batch 64: 230 vs 452 ms per subnet step).
     repeats = 2 if args.smoke else 6
     auto = args.batch_size == "auto"
     if auto:
@@ -564,6 +564,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.scale = 1e-9  # every phase: its minimum of one step
     if args.scale is None and args.time_budget_s is None:
         ap.error("give --time-budget-s or --scale (or --smoke)")
+    if args.eval_others is not None and args.eval_others < 2:
+        ap.error(
+            f"--eval-others must be at least 2 (the largest and the smallest subnet), not "
+            f"{args.eval_others}"
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
