@@ -183,6 +183,14 @@ def test_table_json(capsys, data: bytes) -> None:
     in_tmp(case)
 
 
+def test_table_json_with_null_n_classes_is_one_error_line(capsys, tmp_path) -> None:
+    # Found by test_table_json on a fresh-clone CI run: int(None) escaped as a TypeError.
+    doc = {**TABLE, "n_classes": None}
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    rc, err = run_cli(capsys, ["lut", "show", "--lut", tmp_path / "t.json", "--json"])
+    assert rc == 2 and "n_classes must be an integer" in err
+
+
 def _yaml_seed() -> bytes:
     if REFERENCE_YAML.is_file():
         return b"".join(REFERENCE_YAML.read_bytes().splitlines(True)[:40])

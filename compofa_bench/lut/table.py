@@ -429,11 +429,17 @@ class LatencyTable:
             entries[res] = {
                 str(k): LutEntry.from_json(v, f"{source} [{r}] {k}") for k, v in table.items()
             }
+        try:
+            n_classes = int(raw.get("n_classes", 1000))
+        except (TypeError, ValueError):
+            raise LutError(
+                f"{source}: n_classes must be an integer, not {raw.get('n_classes')!r}"
+            ) from None
         table_obj = cls(
             base=base,
             width_mult=width,
             entries=entries,
-            n_classes=int(raw.get("n_classes", 1000)),
+            n_classes=n_classes,
             statistic=str(raw.get("statistic", "median")),
             provenance=raw.get("provenance") or {},
             calibration=_calibration_from_json(raw.get("calibration"), source),
