@@ -381,33 +381,23 @@ class ResultStore:
             "FROM measurements WHERE fingerprint_hash = ? AND protocol_hash = ? AND kind = ? "
             "AND cache_key = ? AND (status = 'failed' OR coalesce(rounds, 1) >= ?)"
         )
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                rows = self._conn.execute(q, (fh, ph, kind, ck, min_rounds)).fetchall()
-                if _done(rows, include_failed, accept_unstable, remeasure):
-                    self._conn.execute("COMMIT")
-                    return False
-                held = self._conn.execute(
-                    "SELECT owner FROM claims WHERE fingerprint_hash = ? AND protocol_hash = ? "
-                    "AND kind = ? AND cache_key = ?",
-                    ident,
-                ).fetchone()
-                if held is not None and held[0] != owner and alive(held[0]):
-                    self._conn.execute("COMMIT")
-                    return False
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
-                    (*ident, owner, utc_now()),
-                )
-                self._conn.execute("COMMIT")
-                return True
-            except BaseException as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot write to results store {self.path}: {exc}") from None
-                raise
+        # A return inside the block leaves it normally: the transaction commits.
+        with self._transaction("cannot write to results store") as conn:
+            rows = conn.execute(q, (fh, ph, kind, ck, min_rounds)).fetchall()
+            if _done(rows, include_failed, accept_unstable, remeasure):
+                return False
+            held = conn.execute(
+                "SELECT owner FROM claims WHERE fingerprint_hash = ? AND protocol_hash = ? "
+                "AND kind = ? AND cache_key = ?",
+                ident,
+            ).fetchone()
+            if held is not None and held[0] != owner and alive(held[0]):
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                (*ident, owner, utc_now()),
+            )
+            return True
 
     def release_claims(self, owner: str, cache_key: str | None = None) -> None:
         """Drop ``owner``'s claims (one ``cache_key``'s, or all)."""
